@@ -1,0 +1,79 @@
+"""The application factory: the one place where every part of the relay is built and wired."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from . import answers
+from .clientip import ClientIPResolver
+from .config import Config
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .relay import ApiRelay
+from .upstream import UpstreamClient
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CONFIG_KEY = web.AppKey("config", Config)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+UPSTREAM_KEY = web.AppKey("upstream", UpstreamClient)
+RELAY_KEY = web.AppKey("relay", ApiRelay)
+
+
+def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
+    metrics = Metrics(registry)
+    upstream = UpstreamClient(config.upstream)
+    relay = ApiRelay(config, upstream, metrics)
+    # aiohttp refuses bodies past client_max_size before any handler runs; the per-endpoint
+    # limits (smaller) are enforced by the relay, which answers them in JSON.
+    app = web.Application(client_max_size=max(config.limits.body.values()),
+                          middlewares=[_json_refusals])
+    app[CONFIG_KEY] = config
+    app[METRICS_KEY] = metrics
+    app[UPSTREAM_KEY] = upstream
+    app[RELAY_KEY] = relay
+    app.cleanup_ctx.append(_upstream_session)
+    app.router.add_get("/healthz", _healthz, allow_head=True)
+    app.router.add_get("/metrics", _metrics_handler(metrics, config))
+    app.router.add_route("*", "/{tail:.*}", relay.handle)
+    return app
+
+
+async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
+    await app[UPSTREAM_KEY].start()
+    yield
+    await app[UPSTREAM_KEY].close()
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def _metrics_handler(metrics: Metrics, config: Config) -> Handler:
+    allowed = ClientIPResolver(config.metrics.allow)
+
+    async def handler(request: web.Request) -> web.Response:
+        if not allowed.is_trusted(request.remote):
+            metrics.reject("not_found")
+            return answers.error(404, "no such endpoint")
+        return web.Response(body=metrics.exposition(),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return handler
+
+
+@web.middleware
+async def _json_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (CONNECT, authority-form targets) answered in JSON like ours."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        metrics = request.app[METRICS_KEY]
+        if request.method == "CONNECT":
+            metrics.reject("method")
+            return answers.error(405, "CONNECT is refused: this relay is not a forward proxy")
+        metrics.reject("not_found" if exc.status == 404 else "bad_request")
+        return answers.error(exc.status, exc.reason)

@@ -1,0 +1,46 @@
+"""The closed set of SDK endpoints the relay serves, and what each one carries.
+
+Everything else in the relay (limits, metrics labels, routing) is keyed by these names, so a
+label or a config key can never be a client-chosen string.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+Endpoint = Literal["track", "engage", "groups", "import", "record", "flags", "settings"]
+
+ENDPOINTS: Final[tuple[Endpoint, ...]] = (
+    "track", "engage", "groups", "import", "record", "flags", "settings",
+)
+
+# Endpoints whose `data=` payload carries the project token inside each record.
+DATA_ENDPOINTS: Final[frozenset[str]] = frozenset({"track", "engage", "groups", "import"})
+
+# Endpoints that authenticate with `Authorization: Basic base64(token:)` (mixpanel-browser fetches).
+BASIC_TOKEN_ENDPOINTS: Final[frozenset[str]] = frozenset({"record", "flags", "settings"})
+
+REGIONS: Final[tuple[str, ...]] = ("us", "eu", "in")
+
+DEFAULT_REGION_URLS: Final[dict[str, str]] = {
+    "us": "https://api.mixpanel.com",
+    "eu": "https://api-eu.mixpanel.com",
+    "in": "https://api-in.mixpanel.com",
+}
+
+# mixpanel-browser's own default api_host is api-js.mixpanel.com; the wire contract (section 1.6)
+# could not settle whether US replay must go there, so the embedded default follows the SDK.
+DEFAULT_ENDPOINT_URLS: Final[dict[str, dict[str, str]]] = {
+    "us": {"record": "https://api-js.mixpanel.com"},
+}
+
+MIB: Final = 1024 * 1024
+DEFAULT_BODY_LIMITS: Final[dict[str, int]] = {
+    "track": 2 * MIB,      # Mixpanel's own 413 names 2097152 bytes
+    "engage": 2 * MIB,
+    "groups": 2 * MIB,
+    "import": 10 * MIB,    # /import: 10 MB uncompressed per request
+    "record": 10 * MIB,    # the SDK's test server and Mixpanel's nginx example allow 10 MB
+    "flags": 256 * 1024,
+    "settings": 64 * 1024,
+}

@@ -1,0 +1,197 @@
+"""The API relay: one handler for every SDK endpoint.
+
+Order of work, cheapest refusal first: target shape -> path -> CORS -> method -> body limit ->
+routing (decodes only when it must) -> upstream -> answer in the form the SDK understands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from aiohttp import web
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from . import answers
+from .clientip import ClientIPResolver
+from .codec import CodecError
+from .codec.payload import form_field
+from .config import Config
+from .headers import CorsPolicy, client_response_headers, upstream_request_headers
+from .metrics import Metrics
+from .paths import PathMatch, PathMatcher
+from .routing import Part, Plan, RoutedRequest, Router, UnknownToken
+from .upstream import UpstreamAnswer, UpstreamClient, UpstreamFailure
+
+_ALLOWED_METHODS = ("GET", "POST")
+
+
+class ApiRelay:
+    def __init__(self, config: Config, upstream: UpstreamClient, metrics: Metrics) -> None:
+        self._config = config
+        self._upstream = upstream
+        self._metrics = metrics
+        self._paths = PathMatcher(config.routing.base_path, config.routing.aliases)
+        self._router = Router(config)
+        self._cors = CorsPolicy(config.cors)
+        self._client_ip = ClientIPResolver(config.server.trusted_proxies,
+                                           config.server.client_ip_header)
+        self._limits = config.limits.body
+        self._retry_after = str(config.upstream.retry_after)
+        self._base_urls = {
+            (region.name, endpoint): str(region.base_url(endpoint)).rstrip("/")
+            for region in config.regions.values() for endpoint in self._limits
+        }
+
+    def match(self, raw_target: str) -> PathMatch | None:
+        return self._paths.match(raw_target.partition("?")[0])
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        cors = self._cors.headers(origin)
+        if not request.raw_path.startswith("/"):
+            return self._reject("bad_request", 400, "absolute-form request targets are refused: "
+                                "this relay is not a forward proxy", cors)
+        match = self.match(request.raw_path)
+        if match is None:
+            return self._reject("not_found", 404, "no such endpoint", cors)
+        if not self._cors.allows(origin):
+            return self._reject("cors", 403, "this Origin is not allowed", {})
+        if request.method == "OPTIONS":
+            return web.Response(status=204, headers=self._cors.preflight_headers(origin))
+        if request.method not in _ALLOWED_METHODS:
+            return self._reject("method", 405, f"{request.method} is not allowed here",
+                                {**cors, "Allow": "GET, POST, OPTIONS"})
+        self._metrics.in_flight.inc()
+        try:
+            return await self._relay(request, match, cors)
+        finally:
+            self._metrics.in_flight.dec()
+
+    async def _relay(self, request: web.Request, match: PathMatch,
+                     cors: dict[str, str]) -> web.StreamResponse:
+        endpoint = match.endpoint
+        limit = self._limits[endpoint]
+        if request.content_length is not None and request.content_length > limit:
+            return self._reject("limit", 413, _too_large(endpoint, limit), cors)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:  # chunked body past the app-wide maximum
+            return self._reject("limit", 413, _too_large(endpoint, limit), cors)
+        if len(body) > limit:
+            return self._reject("limit", 413, _too_large(endpoint, limit), cors)
+        self._metrics.request_bytes.labels(endpoint).inc(len(body))
+        query = request.raw_path.partition("?")[2].encode()
+        headers = request.headers
+        routed = RoutedRequest(
+            endpoint=endpoint, pinned_region=match.region, method=request.method, query=query,
+            body=body, content_type=headers.get("Content-Type", ""),
+            content_encoding=headers.get("Content-Encoding", ""),
+            authorization=headers.get("Authorization", ""), inflate_limit=limit)
+        try:
+            plan = self._router.plan(routed)
+        except CodecError as exc:
+            return self._reject(exc.reason, exc.status, exc.message, cors)
+        except UnknownToken as exc:
+            return self._reject(exc.reason, exc.status, exc.message, cors)
+        client_ip = self._client_ip.resolve(
+            request.remote, headers.get("X-Forwarded-For"), headers.get("X-Real-IP"),
+            headers.get(self._client_ip.header) if self._client_ip.header else None)
+        if not plan.split:
+            return await self._forward_whole(routed, match, plan.parts[0], headers, client_ip, cors)
+        return await self._forward_split(routed, match, plan, headers, client_ip, cors)
+
+    async def _forward_whole(self, routed: RoutedRequest, match: PathMatch, part: Part,
+                             headers: CIMultiDictProxy[str], client_ip: str,
+                             cors: dict[str, str]) -> web.Response:
+        outcome = await self._send(routed, match, part, headers, client_ip)
+        response = self._translate(outcome, cors)
+        self._metrics.count_request(match.endpoint, part.region, response.status)
+        return response
+
+    async def _forward_split(self, routed: RoutedRequest, match: PathMatch, plan: Plan,
+                             headers: CIMultiDictProxy[str], client_ip: str,
+                             cors: dict[str, str]) -> web.Response:
+        self._metrics.split_batches.inc()
+        outcomes = await asyncio.gather(*(
+            self._send(routed, match, part, headers, client_ip) for part in plan.parts))
+        responses = [self._translate(outcome, cors) for outcome in outcomes]
+        for part, response in zip(plan.parts, responses, strict=True):
+            self._metrics.count_request(match.endpoint, part.region, response.status)
+        return self._combine(routed, responses, cors)
+
+    async def _send(self, routed: RoutedRequest, match: PathMatch, part: Part,
+                    headers: CIMultiDictProxy[str],
+                    client_ip: str) -> UpstreamAnswer | UpstreamFailure:
+        query = routed.query if part.query is None else part.query
+        target = self._base_urls[(part.region, match.endpoint)] + match.upstream_path
+        url = URL(f"{target}?{query.decode()}" if query else target, encoded=True)
+        out_headers = upstream_request_headers(headers, client_ip, part.drop_content_encoding)
+        body = routed.body if part.body is None else part.body
+        read_timeout = (self._config.upstream.settings_timeout
+                        if match.endpoint == "settings" else None)
+        self._metrics.upstream_bytes.labels(match.endpoint, part.region).inc(len(body))
+        started = time.perf_counter()
+        try:
+            answer = await self._upstream.send(routed.method, url, out_headers,
+                                               body if body or routed.method == "POST" else None,
+                                               read_timeout)
+        except UpstreamFailure as failure:
+            self._metrics.upstream_failures.labels(part.region, failure.kind).inc()
+            return failure
+        self._metrics.upstream_seconds.labels(part.region, match.endpoint).observe(
+            time.perf_counter() - started)
+        return answer
+
+    def _translate(self, outcome: UpstreamAnswer | UpstreamFailure,
+                   cors: dict[str, str]) -> web.Response:
+        """Map the upstream's answer to one the SDK acts on correctly (wire contract 8.4)."""
+        if isinstance(outcome, UpstreamFailure):
+            return answers.error(503, f"upstream unavailable: {outcome.message}",
+                                 {**cors, "Retry-After": self._retry_after})
+        status = outcome.status
+        if 200 <= status < 300 or (400 <= status < 500 and status != 429 and _is_json(outcome)):
+            headers = {**client_response_headers(outcome.headers), **cors}
+            return web.Response(status=status, body=outcome.body, headers=headers)
+        retry_after = outcome.headers.get("Retry-After", self._retry_after)
+        if status == 429:
+            return answers.error(429, "upstream rate limit", {**cors, "Retry-After": retry_after})
+        if status >= 500 or 300 <= status < 400:
+            return answers.error(503, f"upstream answered {status}",
+                                 {**cors, "Retry-After": retry_after})
+        return answers.error(status, f"upstream answered {status}", cors)
+
+    def _combine(self, routed: RoutedRequest, responses: Sequence[web.Response],
+                 cors: dict[str, str]) -> web.Response:
+        """One truthful answer for a split batch: 200 only when every part was accepted."""
+        statuses = [response.status for response in responses]
+        if all(status == 200 for status in statuses):
+            body, content_type = answers.success_body(routed.endpoint, _is_verbose(routed))
+            return web.Response(status=200, body=body, content_type=content_type, headers=cors)
+        # Retryable failures first: the SDK resends the whole batch, and Mixpanel deduplicates
+        # the parts that were already accepted by (event, distinct_id, time, $insert_id).
+        for wanted in (429, 503):
+            for response in responses:
+                if response.status == wanted:
+                    return response
+        return next(response for response in responses if response.status != 200)
+
+    def _reject(self, reason: str, status: int, message: str,
+                headers: dict[str, str]) -> web.Response:
+        self._metrics.reject(reason)
+        return answers.error(status, message, headers)
+
+
+def _too_large(endpoint: str, limit: int) -> str:
+    return f"the body exceeds the {limit}-byte limit for /{endpoint}"
+
+
+def _is_json(answer: UpstreamAnswer) -> bool:
+    return "json" in answer.headers.get("Content-Type", "")
+
+
+def _is_verbose(routed: RoutedRequest) -> bool:
+    return (form_field(routed.query, b"verbose") == b"1"
+            or form_field(routed.body, b"verbose") == b"1")

@@ -1,0 +1,67 @@
+"""Shared fixtures: three fake regional upstreams and a factory for relays pointed at them."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from proxy.app import create_app
+from proxy.config import parse_config
+from tests.fakes import FakeUpstream
+
+RelayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+US_TOKEN = "tok_us_1234"
+EU_TOKEN = "tok_eu_5678"
+IN_TOKEN = "tok_in_9012"
+
+
+@pytest.fixture
+async def upstreams() -> AsyncIterator[dict[str, FakeUpstream]]:
+    fakes = {name: FakeUpstream(name) for name in ("us", "eu", "in")}
+    for fake in fakes.values():
+        fake.server = TestServer(fake.app(), host="127.0.0.1")
+        await fake.server.start_server()
+    yield fakes
+    for fake in fakes.values():
+        assert fake.server is not None
+        await fake.server.close()
+
+
+def relay_config(upstreams: dict[str, FakeUpstream], extra: dict[str, Any] | None = None,
+                 projects: bool = False) -> dict[str, Any]:
+    """A config dict with every region pointed at its fake; `extra` is merged in per section."""
+    data: dict[str, Any] = {
+        "regions": {name: {"url": fake.url} for name, fake in upstreams.items()},
+        "upstream": {"connect_timeout": 1.0, "read_timeout": 2.0},
+    }
+    if projects:
+        data["projects"] = [
+            {"token": US_TOKEN, "region": "us", "project_id": 1},
+            {"token": EU_TOKEN, "region": "eu", "project_id": 2},
+            {"token": IN_TOKEN, "region": "in", "project_id": 3},
+        ]
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **copy.deepcopy(value)}
+        else:
+            data[key] = copy.deepcopy(value)
+    return data
+
+
+@pytest.fixture
+async def make_relay(upstreams: dict[str, FakeUpstream], aiohttp_client: Any) -> RelayFactory:
+    async def factory(extra: dict[str, Any] | None = None, projects: bool = False,
+                      registry: CollectorRegistry | None = None) -> TestClient[Any, Any]:
+        config = parse_config(relay_config(upstreams, extra, projects))
+        app = create_app(config, registry=registry or CollectorRegistry())
+        client: TestClient[Any, Any] = await aiohttp_client(
+            app, server_kwargs={"host": "127.0.0.1"})
+        return client
+
+    return factory
