@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 from yarl import URL
 
@@ -164,8 +165,7 @@ def _parse_region(name: str, reader: TableReader) -> RegionConfig:
         if not isinstance(value, str):
             table.problem(endpoint, "expected a URL string")
             continue
-        parsed = checked_url(value, ("http", "https"),
-                             lambda msg, key=endpoint: table.problem(key, msg))
+        parsed = checked_url(value, ("http", "https"), partial(table.problem, endpoint))
         if parsed is not None:
             endpoint_urls[endpoint] = parsed
     reader.finish()
