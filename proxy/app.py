@@ -28,8 +28,11 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     relay = ApiRelay(config, upstream, metrics)
     # aiohttp refuses bodies past client_max_size before any handler runs; the per-endpoint
     # limits (smaller) are enforced by the relay, which answers them in JSON.
+    # auto_decompress=False: aiohttp would otherwise inflate gzip/deflate/br request bodies on
+    # read, unbounded, and the relay would forward inflated bytes still labelled as compressed.
     app = web.Application(client_max_size=max(config.limits.body.values()),
-                          middlewares=[_json_refusals])
+                          middlewares=[_json_refusals],
+                          handler_args={"auto_decompress": False})
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = metrics
     app[UPSTREAM_KEY] = upstream

@@ -45,7 +45,9 @@ class FakeUpstream:
     server: TestServer | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        # Record the bytes exactly as they crossed the wire: no inflating of gzip bodies.
+        app = web.Application(client_max_size=64 * 1024 * 1024,
+                              handler_args={"auto_decompress": False})
         app.router.add_route("*", "/{tail:.*}", self._handle)
         return app
 
