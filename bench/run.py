@@ -1,0 +1,328 @@
+"""Side-by-side benchmark: nginx proxy_pass vs the relay vs the relay behind the nginx front.
+
+One invocation runs every scenario, alternating the contenders round by round so a noisy
+neighbour hurts all of them alike, and reports req/s, p50/p99 latency, CPU per request and the
+relay/nginx ratios as a markdown table and JSON. Loopback only; every wrk run is bounded in time.
+
+    python bench/run.py [--duration 8] [--rounds 2] [--workers 2] [--only track,record]
+
+The fake upstream is nginx itself (a `return 200`), so the upstream is never the bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import json
+import os
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    scenario: str
+    contender: str
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_request: float
+    errors: int
+    mb_per_s: float = 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(url: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every descendant, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        tree.append(pid)
+        stack.extend(children.get(pid, []))
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])          # utime + stime
+    return total / CLK_TCK
+
+
+UPSTREAM_BODY = '{"status":1,"error":null}'
+
+
+def nginx_conf(workdir: Path, servers: str) -> str:
+    return f"""
+worker_processes 2;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}/body;
+  proxy_temp_path {workdir}/proxy;
+  {servers}
+}}
+"""
+
+
+def fake_upstream_servers(port: int) -> str:
+    return f"""
+  server {{
+    listen 127.0.0.1:{port} reuseport;
+    client_max_body_size 20m;
+    client_body_buffer_size 1m;
+    location / {{ default_type application/json; return 200 '{UPSTREAM_BODY}'; }}
+  }}"""
+
+
+def proxy_pass_servers(port: int, upstream_port: int, static_dir: Path) -> str:
+    """The baseline: plain proxy_pass with keep-alive, and the same bundle served statically."""
+    return f"""
+  upstream fake {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port} reuseport;
+    client_max_body_size 20m;
+    client_body_buffer_size 1m;   # in memory, as the relay holds bodies: a like-for-like baseline
+    location /static/ {{
+      alias {static_dir}/;
+      default_type application/javascript;
+      add_header Content-Encoding br;
+    }}
+    location / {{
+      proxy_pass http://fake;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $remote_addr;
+    }}
+  }}"""
+
+
+@contextmanager
+def nginx(workdir: Path, servers: str, probe: str) -> Iterator[int]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nginx.conf"
+    conf.write_text(nginx_conf(workdir, servers))
+    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir), "-g", "daemon off;"],
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for(probe)
+        yield proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextmanager
+def relay(workdir: Path, port: int, upstream_port: int, workers: int) -> Iterator[int]:
+    config = workdir / "relay.toml"
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    config.write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+workers = {workers}
+[regions.us]
+url = "{upstream}"
+[regions.eu]
+url = "{upstream}"
+[regions.in]
+url = "{upstream}"
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(config)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=workdir.joinpath(
+                                "relay.log").open("w"))
+    try:
+        wait_for(f"http://127.0.0.1:{port}/healthz")
+        yield proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def track_body() -> bytes:
+    """A ~2 KB base64 batch, as mixpanel-browser's XHR sends it."""
+    rng = random.Random(7)
+    events = [{"event": f"event {n}", "properties": {
+        "token": "bench_token", "distinct_id": f"user-{rng.randrange(10**6)}",
+        "time": 1764330000.0 + n, "$insert_id": f"{rng.getrandbits(64):016x}",
+        "$current_url": "https://shop.example/products/item", "mp_lib": "web",
+        "$lib_version": "2.83.0"}} for n in range(9)]
+    encoded = base64.b64encode(json.dumps(events).encode()).decode()
+    return ("data=" + urllib.request.quote(encoded, safe="")).encode()
+
+
+def record_body() -> bytes:
+    """~200 KB of gzip, as the recorder's CompressionStream produces (incompressible-ish)."""
+    rng = random.Random(11)
+    raw = json.dumps([{"type": 3, "data": {"source": 1, "positions": [
+        {"x": rng.randrange(2000), "y": rng.randrange(2000), "id": rng.randrange(10**6),
+         "timeOffset": -rng.randrange(500)} for _ in range(40)]}, "timestamp": 1764330000000 + n}
+        for n in range(900)]).encode()
+    return gzip.compress(raw)
+
+
+def wrk_script(workdir: Path, name: str, method: str, body: bytes | None,
+               headers: dict[str, str]) -> Path:
+    lines = [f'wrk.method = "{method}"']
+    if body is not None:
+        path = workdir / f"{name}.body"
+        path.write_bytes(body)
+        lines.append(f'local f = io.open("{path}", "rb"); wrk.body = f:read("*a"); f:close()')
+    lines += [f'wrk.headers["{key}"] = "{value}"' for key, value in headers.items()]
+    script = workdir / f"{name}.lua"
+    script.write_text("\n".join(lines) + "\n")
+    return script
+
+
+def run_wrk(url: str, script: Path, connections: int, duration: float) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{int(duration)}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, timeout=duration + 60, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rate": rate, "p50": _percentile(out, "50"), "p99": _percentile(out, "99"),
+            "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}
+
+
+def _percentile(out: str, which: str) -> float:
+    match = re.search(rf"^\s+{which}%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+    if not match:
+        return float("nan")
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def measure(scenario: str, contender: str, url: str, script: Path, connections: int,
+            duration: float, pids: list[int], body_size: int) -> Result:
+    before = cpu_seconds(pids)
+    stats = run_wrk(url, script, connections, duration)
+    cpu = cpu_seconds(pids) - before
+    requests = stats["rate"] * duration
+    return Result(scenario, contender, round(stats["rate"], 1), stats["p50"], stats["p99"],
+                  round(cpu / max(requests, 1) * 1e6, 1), int(stats["errors"]),
+                  round(stats["rate"] * body_size / 1e6, 1))
+
+
+SCENARIOS = {
+    # name: (method, path, content type, body maker, connections)
+    "track": ("POST", "/track/?verbose=1&ip=1&_=1764330000123",
+              "application/x-www-form-urlencoded", track_body, 50),
+    "track_c10": ("POST", "/track/?verbose=1&ip=1&_=1764330000123",
+                  "application/x-www-form-urlencoded", track_body, 10),
+    "record": ("POST", "/record/?format=gzip&seq=0&replay_id=r&mp_lib=web",
+               "application/octet-stream", record_body, 50),
+}
+
+
+def markdown(results: list[Result]) -> str:
+    lines = ["| scenario | contender | req/s | p50 ms | p99 ms | CPU µs/req | MB/s | errors "
+             "| req/s vs nginx | CPU vs nginx |", "|---" * 10 + "|"]
+    base = {r.scenario: r for r in results if r.contender == "nginx"}
+    for r in results:
+        b = base.get(r.scenario)
+        ratio = f"{r.requests_per_s / b.requests_per_s:.2f}×" if b and b.requests_per_s else "—"
+        cpu = (f"{r.cpu_us_per_request / b.cpu_us_per_request:.1f}×"
+               if b and b.cpu_us_per_request else "—")
+        lines.append(f"| {r.scenario} | {r.contender} | {r.requests_per_s:,.0f} | {r.p50_ms:.2f} "
+                     f"| {r.p99_ms:.2f} | {r.cpu_us_per_request:.0f} | {r.mb_per_s:.1f} "
+                     f"| {r.errors} | {ratio} | {cpu} |")
+    return "\n".join(lines)
+
+
+def median_result(runs: list[Result]) -> Result:
+    best = sorted(runs, key=lambda r: r.requests_per_s)[len(runs) // 2]
+    best.p50_ms = statistics.median(r.p50_ms for r in runs)
+    best.p99_ms = statistics.median(r.p99_ms for r in runs)
+    best.cpu_us_per_request = statistics.median(r.cpu_us_per_request for r in runs)
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", default=",".join(SCENARIOS))
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args()
+    ports = {name: free_port() for name in ("upstream", "nginx", "relay")}
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        static = work / "static"
+        static.mkdir()
+        with nginx(work / "up", fake_upstream_servers(ports["upstream"]),
+                   f"http://127.0.0.1:{ports['upstream']}/") as _up, \
+             nginx(work / "px", proxy_pass_servers(ports["nginx"], ports["upstream"], static),
+                   f"http://127.0.0.1:{ports['nginx']}/") as nginx_pid, \
+             relay(work, ports["relay"], ports["upstream"], args.workers) as relay_pid:
+            contenders = {"nginx": (ports["nginx"], process_tree(nginx_pid)),
+                          "relay": (ports["relay"], process_tree(relay_pid))}
+            for name in args.only.split(","):
+                method, path, ctype, maker, conns = SCENARIOS[name]
+                body = maker()
+                script = wrk_script(work, name, method, body, {"Content-Type": ctype})
+                runs: dict[str, list[Result]] = {c: [] for c in contenders}
+                for _ in range(args.rounds):
+                    for contender, (port, pids) in contenders.items():
+                        runs[contender].append(measure(
+                            name, contender, f"http://127.0.0.1:{port}{path}", script, conns,
+                            args.duration, pids, len(body)))
+                results += [median_result(r) for r in runs.values()]
+    table = markdown(results)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.md").write_text(table + "\n")
+    (out / "bench.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
