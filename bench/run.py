@@ -221,7 +221,8 @@ def wrk_script(workdir: Path, name: str, method: str, body: bytes | None,
 
 def run_wrk(url: str, script: Path, connections: int, duration: float) -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{int(duration)}s", "--latency", "-s", str(script), url],
+        ["wrk", "-t2", f"-c{connections}", f"-d{int(duration)}s", "--latency", "-s", str(script),
+         url],
         capture_output=True, text=True, timeout=duration + 60, check=True).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))

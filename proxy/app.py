@@ -8,9 +8,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from . import answers
-from .clientip import ClientIPResolver
+from .accesslog import access_middleware, ip_policy, request_facts
+from .assets import add_assets
 from .config import Config
-from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .health import RegionHealth
+from .metrics import Metrics
+from .ops import install_ops, ops_paths
 from .relay import ApiRelay
 from .upstream import UpstreamClient
 
@@ -25,21 +28,24 @@ RELAY_KEY = web.AppKey("relay", ApiRelay)
 def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
     metrics = Metrics(registry)
     upstream = UpstreamClient(config.upstream)
-    relay = ApiRelay(config, upstream, metrics)
+    health = RegionHealth(config.regions, metrics, config.health.max_age)
+    relay = ApiRelay(config, upstream, metrics, health=health)
+    access = access_middleware(metrics, config.log.access, ip_policy(config.log.client_ip),
+                               ops_paths(config))
     # aiohttp refuses bodies past client_max_size before any handler runs; the per-endpoint
     # limits (smaller) are enforced by the relay, which answers them in JSON.
     # auto_decompress=False: aiohttp would otherwise inflate gzip/deflate/br request bodies on
     # read, unbounded, and the relay would forward inflated bytes still labelled as compressed.
     app = web.Application(client_max_size=max(config.limits.body.values()),
-                          middlewares=[_json_refusals],
+                          middlewares=[access, _json_refusals],
                           handler_args={"auto_decompress": False})
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = metrics
     app[UPSTREAM_KEY] = upstream
     app[RELAY_KEY] = relay
     app.cleanup_ctx.append(_upstream_session)
-    app.router.add_get("/healthz", _healthz, allow_head=True)
-    app.router.add_get("/metrics", _metrics_handler(metrics, config))
+    install_ops(app, config, metrics, health, upstream)   # /healthz /readyz /metrics /status
+    add_assets(app, config, upstream, metrics)   # before the catch-all, which would take /libs/
     app.router.add_route("*", "/{tail:.*}", relay.handle)
     return app
 
@@ -48,23 +54,6 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     await app[UPSTREAM_KEY].start()
     yield
     await app[UPSTREAM_KEY].close()
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-def _metrics_handler(metrics: Metrics, config: Config) -> Handler:
-    allowed = ClientIPResolver(config.metrics.allow)
-
-    async def handler(request: web.Request) -> web.Response:
-        if not allowed.is_trusted(request.remote):
-            metrics.reject("not_found")
-            return answers.error(404, "no such endpoint")
-        return web.Response(body=metrics.exposition(),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    return handler
 
 
 @web.middleware
@@ -77,6 +66,8 @@ async def _json_refusals(request: web.Request, handler: Handler) -> web.StreamRe
         metrics = request.app[METRICS_KEY]
         if request.method == "CONNECT":
             metrics.reject("method")
+            request_facts().reason = "method"
             return answers.error(405, "CONNECT is refused: this relay is not a forward proxy")
-        metrics.reject("not_found" if exc.status == 404 else "bad_request")
+        reason = request_facts().reason = "not_found" if exc.status == 404 else "bad_request"
+        metrics.reject(reason)
         return answers.error(exc.status, exc.reason)

@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    path = config_path_from_env(args.config)
     try:
-        config = load_config(config_path_from_env(args.config))
+        config = load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -41,24 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         print(f"{config.source}: ok")
         return 0
-    return serve(config)
+    return serve(config, path)
 
 
-def serve(config: Config) -> int:
+def serve(config: Config, path: str | None = None) -> int:
+    """Bind, fork `[server] workers` processes, supervise them (SIGHUP reloads `path`)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    _install_uvloop()
-    app = create_app(config)
-    print(f"mixpanel-proxy {__version__} listening on http://{config.server.host}:"
-          f"{config.server.port} (config: {config.source})", flush=True)
-    web.run_app(app, host=config.server.host, port=config.server.port, access_log=None,
-                shutdown_timeout=config.server.shutdown_timeout, print=None,
-                handle_signals=True)
-    return 0
-
-
-def _install_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return supervisor.serve(config, path)

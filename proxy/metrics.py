@@ -15,6 +15,10 @@ REJECTION_REASONS = (
     "limit", "bad_payload", "unknown_token", "not_found", "method", "cors", "bad_request",
     "rate_limit",
 )
+ASSET_CACHE_RESULTS = (
+    "hit", "miss", "expired", "coalesced", "stale", "stale_error", "revalidated", "updated",
+    "error",
+)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -48,6 +52,79 @@ class Metrics:
             "mixpanel_proxy_split_batches", "Batches split across regions.", registry=r)
         self.in_flight = Gauge(
             "mixpanel_proxy_in_flight_requests", "Client requests being handled.", registry=r)
+        # The durable spool (issue 6, proxy/spool/).
+        self.spool_entries = Gauge(
+            "mixpanel_proxy_spool_entries", "Requests stored and waiting to be sent upstream.",
+            ("region",), registry=r)
+        self.spool_bytes = Gauge(
+            "mixpanel_proxy_spool_bytes", "Bytes held by the spool, by kind (live: waiting; "
+            "dead: dead letters). Their sum is bounded by [spool] max_bytes.", ("kind",),
+            registry=r)
+        self.spool_oldest_age = Gauge(
+            "mixpanel_proxy_spool_oldest_age_seconds", "Age of the oldest waiting request.",
+            ("region",), registry=r)
+        self.spool_stored = Counter(
+            "mixpanel_proxy_spool_stored", "Requests stored (durably) by the spool.",
+            ("region", "endpoint"), registry=r)
+        self.spool_delivered = Counter(
+            "mixpanel_proxy_spool_delivered", "Stored requests the upstream accepted.",
+            ("region",), registry=r)
+        self.spool_dead_lettered = Counter(
+            "mixpanel_proxy_spool_dead_lettered", "Stored requests moved to dead letter, by cause "
+            "(upstream_4xx, upstream_refused, track_window, other_status).", ("region", "cause"),
+            registry=r)
+        self.spool_dead_entries = Gauge(
+            "mixpanel_proxy_spool_dead_entries", "Requests in the dead-letter table.", registry=r)
+        self.spool_refused = Counter(
+            "mixpanel_proxy_spool_refused", "Requests the spool could not take (full, "
+            "write_error): the client got 503.", ("reason",), registry=r)
+        self.spool_redeliveries = Counter(
+            "mixpanel_proxy_spool_redeliveries", "Stored requests sent again after a stop "
+            "interrupted their delivery: possible duplicates at Mixpanel.", registry=r)
+        # Observability (issue 7): answers in both directions, region health, config reloads.
+        self.response_bytes = Counter(
+            "mixpanel_proxy_response_bytes", "Response body bytes sent to clients, by endpoint "
+            "(\"none\" for requests refused before an endpoint matched).", ("endpoint",), registry=r)
+        self.upstream_response_bytes = Counter(
+            "mixpanel_proxy_upstream_response_bytes", "Response body bytes received from the "
+            "upstream.", ("endpoint", "region"), registry=r)
+        self.region_up = Gauge(
+            "mixpanel_proxy_region_up", "1 when the region's latest upstream exchange or probe "
+            "got an answer, 0 when it failed.", ("region",), registry=r)
+        self.region_last_success = Gauge(
+            "mixpanel_proxy_region_last_success_timestamp_seconds", "Unix time of the region's "
+            "latest successful upstream exchange or probe.", ("region",), registry=r)
+        self.probes = Counter(
+            "mixpanel_proxy_region_probes", "Background reachability probes, by region and "
+            "result (ok, failed).", ("region", "result"), registry=r)
+        self.ready = Gauge(
+            "mixpanel_proxy_ready", "1 when /readyz answers ready at its latest evaluation.",
+            registry=r)
+        self.config_reloads = Counter(
+            "mixpanel_proxy_config_reloads", "Config reloads, by result (ok, error).",
+            ("result",), registry=r)
+        self.config_loaded = Gauge(
+            "mixpanel_proxy_config_loaded_timestamp_seconds", "Unix time the running config "
+            "was loaded.", registry=r)
+        for result in ("ok", "error"):
+            self.config_reloads.labels(result)
+        self.config_loaded.set_to_current_time()
+        # Asset relay (issue 3): bundle cache outcomes, refused CDN answers, memory held.
+        self.asset_cache = Counter(
+            "mixpanel_proxy_asset_cache", "Bundle lookups by result (hit, miss, expired, "
+            "coalesced, stale, stale_error, revalidated, updated, error).", ("result",),
+            registry=r)
+        self.asset_cdn_failures = Counter(
+            "mixpanel_proxy_asset_cdn_failures", "CDN answers refused as broken or failed, by "
+            "kind (status, content_type, html, truncated, too_large, empty, encoding, connect, "
+            "timeout, protocol).", ("kind",), registry=r)
+        self.asset_cache_bytes = Gauge(
+            "mixpanel_proxy_asset_cache_bytes", "Bytes the bundle cache holds, every variant "
+            "counted.", registry=r)
+        self.asset_cache_entries = Gauge(
+            "mixpanel_proxy_asset_cache_entries", "Bundle versions the cache holds.", registry=r)
+        for result in ASSET_CACHE_RESULTS:
+            self.asset_cache.labels(result)
         self._requests_children: dict[tuple[str, str, str], Counter] = {}
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason)   # exported at 0 from the start: rates need a base

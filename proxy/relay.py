@@ -15,24 +15,30 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from . import answers
+from .accesslog import request_facts
 from .clientip import ClientIPResolver
 from .codec import CodecError
 from .codec.payload import form_field
 from .config import Config
 from .headers import CorsPolicy, client_response_headers, upstream_request_headers
+from .health import RegionHealth
 from .metrics import Metrics
 from .paths import PathMatch, PathMatcher
 from .routing import Part, Plan, RoutedRequest, Router, UnknownToken
+from .spool import Spool, SpoolEntry
 from .upstream import UpstreamAnswer, UpstreamClient, UpstreamFailure
 
 _ALLOWED_METHODS = ("GET", "POST")
 
 
 class ApiRelay:
-    def __init__(self, config: Config, upstream: UpstreamClient, metrics: Metrics) -> None:
+    def __init__(self, config: Config, upstream: UpstreamClient, metrics: Metrics, *,
+                 health: RegionHealth | None = None, spool: Spool | None = None) -> None:
         self._config = config
         self._upstream = upstream
         self._metrics = metrics
+        self._spool = spool or Spool(config, upstream, metrics)
+        self._health = health or RegionHealth(config.regions, metrics, config.health.max_age)
         self._paths = PathMatcher(config.routing.base_path, config.routing.aliases)
         self._router = Router(config)
         self._cors = CorsPolicy(config.cors)
@@ -57,6 +63,7 @@ class ApiRelay:
         match = self.match(request.raw_path)
         if match is None:
             return self._reject("not_found", 404, "no such endpoint", cors)
+        request_facts().endpoint = match.endpoint
         if not self._cors.allows(origin):
             return self._reject("cors", 403, "this Origin is not allowed", {})
         if request.method == "OPTIONS":
@@ -83,6 +90,8 @@ class ApiRelay:
         if len(body) > limit:
             return self._reject("limit", 413, _too_large(endpoint, limit), cors)
         self._metrics.request_bytes.labels(endpoint).inc(len(body))
+        facts = request_facts()
+        facts.request_bytes = len(body)
         query = request.raw_path.partition("?")[2].encode()
         headers = request.headers
         routed = RoutedRequest(
@@ -99,6 +108,7 @@ class ApiRelay:
         client_ip = self._client_ip.resolve(
             request.remote, headers.get("X-Forwarded-For"), headers.get("X-Real-IP"),
             headers.get(self._client_ip.header) if self._client_ip.header else None)
+        facts.client_ip = client_ip
         if not plan.split:
             return await self._forward_whole(routed, match, plan.parts[0], headers, client_ip, cors)
         return await self._forward_split(routed, match, plan, headers, client_ip, cors)
@@ -109,6 +119,7 @@ class ApiRelay:
         outcome = await self._send(routed, match, part, headers, client_ip)
         response = self._translate(outcome, cors)
         self._metrics.count_request(match.endpoint, part.region, response.status)
+        request_facts().add_region(part.region)
         return response
 
     async def _forward_split(self, routed: RoutedRequest, match: PathMatch, plan: Plan,
@@ -120,6 +131,7 @@ class ApiRelay:
         responses = [self._translate(outcome, cors) for outcome in outcomes]
         for part, response in zip(plan.parts, responses, strict=True):
             self._metrics.count_request(match.endpoint, part.region, response.status)
+            request_facts().add_region(part.region)
         return self._combine(routed, responses, cors)
 
     async def _send(self, routed: RoutedRequest, match: PathMatch, part: Part,
@@ -133,6 +145,12 @@ class ApiRelay:
         read_timeout = (self._config.upstream.settings_timeout
                         if match.endpoint == "settings" else None)
         self._metrics.upstream_bytes.labels(match.endpoint, part.region).inc(len(body))
+        entry = SpoolEntry(part.region, match.endpoint, routed.method, match.upstream_path,
+                           query, out_headers, body)
+        if self._spool.takes_first(part.region, match.endpoint):
+            stored = await self._spool.store(entry, routed)
+            if isinstance(stored, UpstreamAnswer):
+                return stored
         started = time.perf_counter()
         try:
             answer = await self._upstream.send(routed.method, url, out_headers,
@@ -140,10 +158,22 @@ class ApiRelay:
                                                read_timeout)
         except UpstreamFailure as failure:
             self._metrics.upstream_failures.labels(part.region, failure.kind).inc()
-            return failure
-        self._metrics.upstream_seconds.labels(part.region, match.endpoint).observe(
-            time.perf_counter() - started)
-        return answer
+            self._health.failed(part.region, failure.message)
+            request_facts().upstream_took(time.perf_counter() - started)
+            return await self._spool.after(entry, routed, failure)
+        self._observe(part.region, match.endpoint, answer, time.perf_counter() - started)
+        return await self._spool.after(entry, routed, answer)
+
+    def _observe(self, region: str, endpoint: str, answer: UpstreamAnswer,
+                 seconds: float) -> None:
+        """Latency, answer size and region health from one upstream exchange."""
+        self._metrics.upstream_seconds.labels(region, endpoint).observe(seconds)
+        self._metrics.upstream_response_bytes.labels(endpoint, region).inc(len(answer.body))
+        request_facts().upstream_took(seconds)
+        if answer.status >= 500:   # reachable, but not serving: not ready either
+            self._health.failed(region, f"answered {answer.status}")
+        else:
+            self._health.succeeded(region, seconds)
 
     def _translate(self, outcome: UpstreamAnswer | UpstreamFailure,
                    cors: dict[str, str]) -> web.Response:
@@ -181,6 +211,7 @@ class ApiRelay:
     def _reject(self, reason: str, status: int, message: str,
                 headers: dict[str, str]) -> web.Response:
         self._metrics.reject(reason)
+        request_facts().reason = reason
         return answers.error(status, message, headers)
 
 

@@ -39,6 +39,8 @@ def relay_config(upstreams: dict[str, FakeUpstream], extra: dict[str, Any] | Non
     data: dict[str, Any] = {
         "regions": {name: {"url": fake.url} for name, fake in upstreams.items()},
         "upstream": {"connect_timeout": 1.0, "read_timeout": 2.0},
+        # No background region probes unless a test asks: fakes record only the test's traffic.
+        "health": {"probe_interval": 0},
     }
     if projects:
         data["projects"] = [

@@ -2,8 +2,8 @@
 
 - `data=` in a form-urlencoded body, a `text/plain` sendBeacon body, or a GET query;
 - its value as base64 (standard or URL-safe, padding optional) or plain JSON, object or array;
-- request `Content-Encoding` gzip / deflate (zlib or raw) / br, inflated incrementally so a
-  decompression bomb stops at the limit instead of after it.
+- `/import` bodies as a JSON array or object, or newline-delimited JSON;
+- request `Content-Encoding` is undone by `inflate` (see inflate.py), bounded while inflating.
 """
 
 from __future__ import annotations
@@ -11,17 +11,34 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import zlib
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-import brotli
+from .errors import TooManyRecords, UndecodablePayload
+from .inflate import inflate
 
-from .errors import PayloadTooLarge, TooManyRecords, UndecodablePayload
+__all__ = [
+    "MAX_RECORDS", "DEFAULT_MAX_DEPTH", "DecodeLimits", "check_depth", "count_records",
+    "decode_data", "extract_data", "form_field", "inflate", "parse_json_body", "parse_ndjson",
+]
 
 MAX_RECORDS = 2000          # Mixpanel's per-request maximum for /track, /import, /engage, /groups
-_CHUNK = 64 * 1024
+# Mixpanel keeps nested objects to depth 3 inside properties (about 6 counted from the batch
+# array); 64 leaves room for any payload it could take and bounds every walk over a decoded one.
+DEFAULT_MAX_DEPTH = 64
 _URLSAFE = bytes.maketrans(b"-_ ", b"+/+")   # a '+' sent unescaped in a form arrives as ' '
+_WRAPPING = b"\r\n\t"                         # line breaks some base64 encoders insert
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Hard limits for one request: each is checked before or while the work it bounds runs."""
+
+    compressed: int = 2 * 1024 * 1024     # body bytes as received
+    inflated: int = 2 * 1024 * 1024       # body bytes after Content-Encoding is undone
+    records: int = MAX_RECORDS
+    depth: int = DEFAULT_MAX_DEPTH
 
 
 def form_field(encoded: bytes, name: bytes) -> bytes | None:
@@ -41,93 +58,58 @@ def extract_data(body: bytes, query: bytes) -> bytes | None:
     return value
 
 
-def decode_data(value: bytes) -> Any:
+def decode_data(value: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     """Decode a `data=` value: plain JSON (starts with [ or {) or base64 of UTF-8 JSON."""
     text = value.strip()
     if not text:
         raise UndecodablePayload("data= is empty")
     if text[:1] not in (b"[", b"{"):
         text = _unbase64(text)
-    return _loads(text, "data=")
+    payload = _loads(text, "data=", max_depth)
+    if not isinstance(payload, list | dict):
+        raise UndecodablePayload("data= must be a JSON object or array")
+    return payload
 
 
-def parse_json_body(body: bytes) -> Any:
+def parse_json_body(body: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     """An /import body: a JSON array or object, or newline-delimited JSON objects."""
     text = body.strip()
     if not text:
         raise UndecodablePayload("the request body is empty")
     try:
-        return _loads(text, "the body")
+        return _loads(text, "the body", max_depth)
     except UndecodablePayload:
         if text[:1] != b"{" or b"\n" not in text:
             raise
-    return [_loads(line, "an NDJSON line") for line in text.splitlines() if line.strip()]
+    return parse_ndjson(text, max_depth)
 
 
-def count_records(payload: Any) -> int:
+def parse_ndjson(text: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> list[Any]:
+    return [_loads(line, "an NDJSON line", max_depth - 1)
+            for line in text.splitlines() if line.strip()]
+
+
+def count_records(payload: Any, limit: int = MAX_RECORDS) -> int:
     count = len(payload) if isinstance(payload, list) else 1
-    if count > MAX_RECORDS:
-        raise TooManyRecords(f"{count} records in one request; Mixpanel takes at most "
-                             f"{MAX_RECORDS}")
+    if count > limit:
+        raise TooManyRecords(f"{count} records in one request; Mixpanel takes at most {limit}")
     return count
 
 
-def inflate(body: bytes, encoding: str, limit: int) -> bytes:
-    """Undo a request Content-Encoding, refusing as soon as the output passes `limit` bytes."""
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding in ("gzip", "x-gzip"):
-        return _inflate_zlib(body, zlib.decompressobj(wbits=16 + zlib.MAX_WBITS), limit)
-    if encoding == "deflate":
-        # RFC 9110 says zlib-wrapped; some clients send raw deflate: the first byte tells.
-        wbits = zlib.MAX_WBITS if body[:1] and (body[0] & 0x0F) == 8 else -zlib.MAX_WBITS
-        return _inflate_zlib(body, zlib.decompressobj(wbits=wbits), limit)
-    if encoding == "br":
-        return _inflate_brotli(body, limit)
-    raise UndecodablePayload(f"Content-Encoding {encoding!r} is not supported "
-                             "(gzip, deflate, br)")
-
-
-def _inflate_zlib(body: bytes, inflater: Any, limit: int) -> bytes:
-    out = bytearray()
-    data = body
-    try:
-        while data:
-            out += inflater.decompress(data, _CHUNK)
-            _check_size(len(out), limit)
-            data = inflater.unconsumed_tail
-        out += inflater.flush(_CHUNK)
-    except zlib.error as exc:
-        raise UndecodablePayload(f"the compressed body is corrupt ({exc})") from exc
-    _check_size(len(out), limit)
-    if not inflater.eof:
-        raise UndecodablePayload("the compressed body is truncated")
-    return bytes(out)
-
-
-def _inflate_brotli(body: bytes, limit: int) -> bytes:
-    inflater = brotli.Decompressor()
-    out = bytearray()
-    try:
-        for start in range(0, len(body), _CHUNK // 16):
-            # brotli can expand a 4 KiB piece enormously; feed small pieces and check after each.
-            out += inflater.process(body[start:start + _CHUNK // 16])
-            _check_size(len(out), limit)
-    except brotli.error as exc:
-        raise UndecodablePayload(f"the brotli body is corrupt ({exc})") from exc
-    if not inflater.is_finished():
-        raise UndecodablePayload("the brotli body is truncated")
-    return bytes(out)
-
-
-def _check_size(size: int, limit: int) -> None:
-    if size > limit:
-        raise PayloadTooLarge(f"the decompressed body exceeds the {limit}-byte limit")
+def check_depth(payload: Any, limit: int, what: str = "the payload") -> None:
+    """Refuse a decoded payload whose containers nest deeper than `limit` (the top counts as 1)."""
+    stack = [(payload, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise UndecodablePayload(f"{what} nests deeper than {limit} levels")
+        children = node.values() if type(node) is dict else node
+        stack.extend((child, depth + 1) for child in children
+                     if type(child) is dict or type(child) is list)
 
 
 def _unbase64(text: bytes) -> bytes:
-    text = text.translate(_URLSAFE)
+    text = text.translate(_URLSAFE, _WRAPPING)
     text += b"=" * (-len(text) % 4)
     try:
         return base64.b64decode(text, validate=True)
@@ -135,10 +117,17 @@ def _unbase64(text: bytes) -> bytes:
         raise UndecodablePayload("data= is neither JSON nor valid base64") from exc
 
 
-def _loads(text: bytes, what: str) -> Any:
+def _loads(text: bytes, what: str, max_depth: int) -> Any:
     try:
-        return json.loads(text)
+        payload = json.loads(text)
     except UnicodeDecodeError as exc:
         raise UndecodablePayload(f"{what} is not valid UTF-8") from exc
-    except (ValueError, RecursionError) as exc:
+    except RecursionError as exc:
+        raise UndecodablePayload(f"{what} nests deeper than {max_depth} levels") from exc
+    except ValueError as exc:
         raise UndecodablePayload(f"{what} is not valid JSON ({exc})") from exc
+    # Depth can only pass the limit if that many brackets exist: the C-speed count spares
+    # small payloads the walk.
+    if text.count(b"[") + text.count(b"{") > max_depth and isinstance(payload, list | dict):
+        check_depth(payload, max_depth, what)
+    return payload

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .assets import AssetsConfig, parse_assets
+from .health import HealthConfig, parse_health
+from .log import LogConfig, parse_log
 from .reader import ConfigError, TableReader
 from .sections import (
     CorsConfig,
@@ -32,11 +35,13 @@ from .sections import (
     parse_server,
     parse_upstream,
 )
+from .spool import SpoolConfig, parse_spool
 
 __all__ = [
     "Config", "ConfigError", "CorsConfig", "LimitsConfig", "MetricsConfig", "ProjectConfig",
+    "HealthConfig", "LogConfig", "AssetsConfig",
     "RegionConfig",
-    "RoutingConfig", "ServerConfig", "UpstreamConfig", "CONFIG_ENV", "load_config",
+    "RoutingConfig", "ServerConfig", "SpoolConfig", "UpstreamConfig", "CONFIG_ENV", "load_config",
     "parse_config", "config_path_from_env",
 ]
 
@@ -53,6 +58,10 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    assets: AssetsConfig = field(default_factory=AssetsConfig)
     source: str = "(embedded default)"
 
 
@@ -69,6 +78,10 @@ def parse_config(data: dict[str, Any], source: str = "(embedded default)") -> Co
         limits=parse_limits(root.table("limits")),
         upstream=parse_upstream(root.table("upstream")),
         metrics=parse_metrics(root.table("metrics")),
+        spool=parse_spool(root.table("spool")),
+        log=parse_log(root.table("log")),
+        health=parse_health(root.table("health")),
+        assets=parse_assets(root.table("assets")),
         source=source,
     )
     root.finish()

@@ -81,10 +81,13 @@ class UpstreamConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     allow: tuple[Network, ...] = ()        # peers that may read /metrics and /status
+    listen: tuple[str, int] | None = None  # a separate listener for /metrics and /status
 
 
 def parse_metrics(reader: TableReader) -> MetricsConfig:
-    config = MetricsConfig(allow=reader.networks("allow", ("127.0.0.1/32", "::1/128")))
+    listen = parse_listen(reader, "127.0.0.1:9090") if reader.has("listen") else None
+    config = MetricsConfig(allow=reader.networks("allow", ("127.0.0.1/32", "::1/128")),
+                           listen=listen)
     reader.finish()
     return config
 
@@ -184,7 +187,7 @@ def parse_projects(reader: TableReader) -> tuple[ProjectConfig, ...]:
             item.problem("token", "required: the project token (letters, digits, _ or -)")
         elif token in tokens:
             item.problem("token", f"token {token[:6]}… is listed twice")
-        if not region:
+        if not item.has("region"):
             item.problem("region", f"required: one of {', '.join(REGIONS)}")
         if project_id is not None and project_id in ids:
             item.problem("project_id", f"project_id {project_id} is listed twice")
