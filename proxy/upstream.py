@@ -1,20 +1,17 @@
-"""The upstream client: one keep-alive ClientSession per app, and the only place where aiohttp
-client errors exist. Everything that goes wrong on the way becomes an `UpstreamFailure`.
+"""The upstream client: pooled keep-alive connections per origin, and the one place where
+transport errors exist. Everything that goes wrong on the way becomes an `UpstreamFailure`.
 """
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
-import aiohttp
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .config import UpstreamConfig
-
-# aiohttp would otherwise add its own User-Agent, Accept-Encoding and a guessed Content-Type:
-# the upstream must see what the client sent, not what the relay's library likes.
-_SKIP_AUTO_HEADERS = ("User-Agent", "Accept-Encoding", "Content-Type")
+from .http1 import ConnectionPool, ExchangeError
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,49 +33,52 @@ class UpstreamFailure(Exception):
 class UpstreamClient:
     def __init__(self, config: UpstreamConfig) -> None:
         self._config = config
-        self._session: aiohttp.ClientSession | None = None
+        self._pools: dict[tuple[str, str, int], ConnectionPool] = {}
+        self._ssl: ssl.SSLContext | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self._config.pool_size, ttl_dns_cache=60, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-            timeout=self._timeout(self._config.read_timeout),
-        )
+        self._ssl = ssl.create_default_context(cafile=self._config.ca_file or None)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _timeout(self, read_timeout: float) -> aiohttp.ClientTimeout:
-        # Never aiohttp's 300 s total: connect and read are bounded separately, and the whole
-        # exchange by both together.
-        return aiohttp.ClientTimeout(
-            total=self._config.connect_timeout + read_timeout,
-            sock_connect=self._config.connect_timeout,
-            sock_read=read_timeout,
-        )
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
 
     async def send(self, method: str, url: URL, headers: dict[str, str], body: bytes | None,
                    read_timeout: float | None = None) -> UpstreamAnswer:
-        if self._session is None:
-            raise RuntimeError("UpstreamClient.start() was not awaited")
-        timeout = self._timeout(read_timeout) if read_timeout is not None else None
+        """Send one request; the caller's headers go as given, plus Host and Content-Length."""
+        pool = self._pool(url)
+        raw = _serialize(method, url, headers, body)
         try:
-            async with self._session.request(
-                method, url, headers=headers, data=body, allow_redirects=False,
-                timeout=timeout if timeout is not None else aiohttp.helpers.sentinel,
-            ) as response:
-                content = await response.read()
-                return UpstreamAnswer(response.status, response.headers, content)
-        except TimeoutError as exc:
-            raise UpstreamFailure("timeout", f"{url.host} did not answer in time") from exc
-        except aiohttp.ClientConnectorError as exc:
-            message = f"cannot connect to {url.host} ({exc.os_error})"
-            raise UpstreamFailure("connect", message) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamFailure("protocol", f"{url.host}: {type(exc).__name__} {exc}") from exc
+            answer = await pool.request(raw, read_timeout or self._config.read_timeout)
+        except ExchangeError as exc:
+            raise UpstreamFailure(exc.kind, str(exc)) from exc
+        return UpstreamAnswer(answer.status, CIMultiDictProxy(CIMultiDict(answer.headers)),
+                              answer.body)
+
+    def _pool(self, url: URL) -> ConnectionPool:
+        scheme, host, port = url.scheme, url.raw_host or "", url.port or 0
+        pool = self._pools.get((scheme, host, port))
+        if pool is None:
+            if self._ssl is None:
+                raise RuntimeError("UpstreamClient.start() was not awaited")
+            pool = self._pools[(scheme, host, port)] = ConnectionPool(
+                host, port, self._ssl if scheme == "https" else None, self._config.pool_size,
+                self._config.connect_timeout)
+        return pool
+
+
+def _serialize(method: str, url: URL, headers: dict[str, str], body: bytes | None) -> bytes:
+    host = url.raw_host or ""
+    if url.port is not None and not url.is_default_port():
+        host = f"{host}:{url.port}"
+    lines = [f"{method} {url.raw_path_qs or '/'} HTTP/1.1", f"Host: {host}"]
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value:     # never let a header value start a new header
+            raise UpstreamFailure("protocol", f"header {name} carries a line break")
+        lines.append(f"{name}: {value}")
+    if body is not None or method == "POST":
+        lines.append(f"Content-Length: {len(body or b'')}")
+    # aiohttp decoded the client's header bytes as UTF-8 with surrogateescape: this undoes it.
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+    return head + body if body else head

@@ -76,6 +76,7 @@ class UpstreamConfig:
     settings_timeout: float = 0.45        # the browser SDK aborts /settings after 500 ms
     pool_size: int = 256
     retry_after: int = 10                 # seconds suggested to clients when the upstream fails
+    ca_file: str = ""                     # extra CA bundle for https upstreams (a TLS gateway)
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,7 @@ def parse_upstream(reader: TableReader) -> UpstreamConfig:
         settings_timeout=reader.number("settings_timeout", 0.45, minimum=0.01),
         pool_size=reader.integer("pool_size", 256, minimum=1),
         retry_after=reader.integer("retry_after", 10, minimum=1),
+        ca_file=reader.string("ca_file", ""),
     )
     reader.finish()
     return config
