@@ -8,13 +8,15 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from . import answers
-from .accesslog import access_middleware, ip_policy, request_facts
+from .accesslog import access_middleware, asset_prefixes, ip_policy, request_facts
 from .assets import add_assets
 from .config import Config
 from .health import RegionHealth
 from .metrics import Metrics
 from .ops import install_ops, ops_paths
+from .privacy import IpPolicy
 from .relay import ApiRelay
+from .spool import Spool
 from .upstream import UpstreamClient
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -29,9 +31,13 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     metrics = Metrics(registry)
     upstream = UpstreamClient(config.upstream)
     health = RegionHealth(config.regions, metrics, config.health.max_age)
-    relay = ApiRelay(config, upstream, metrics, health=health)
-    access = access_middleware(metrics, config.log.access, ip_policy(config.log.client_ip),
-                               ops_paths(config))
+    spool = Spool(config, upstream, metrics)
+    relay = ApiRelay(config, upstream, metrics, health=health, spool=spool)
+    # The access log never shows more of a client IP than [privacy] lets the upstream see.
+    privacy_ip = IpPolicy(config.privacy).upstream_ip if config.privacy.ip != "full" else None
+    access = access_middleware(metrics, config.log.access,
+                               ip_policy(config.log.client_ip, privacy_ip), ops_paths(config),
+                               asset_prefixes(config))
     # aiohttp refuses bodies past client_max_size before any handler runs; the per-endpoint
     # limits (smaller) are enforced by the relay, which answers them in JSON.
     # auto_decompress=False: aiohttp would otherwise inflate gzip/deflate/br request bodies on
@@ -44,6 +50,8 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app[UPSTREAM_KEY] = upstream
     app[RELAY_KEY] = relay
     app.cleanup_ctx.append(_upstream_session)
+    if config.spool.enabled:   # after the session: drainers send through it, and stop before it
+        app.cleanup_ctx.append(spool.lifespan)
     install_ops(app, config, metrics, health, upstream)   # /healthz /readyz /metrics /status
     add_assets(app, config, upstream, metrics)   # before the catch-all, which would take /libs/
     app.router.add_route("*", "/{tail:.*}", relay.handle)

@@ -1,4 +1,4 @@
-"""The command line: `mixpanel-proxy serve|check`. Only here does a ConfigError become an exit."""
+"""The command line: `mixpanel-proxy serve|check|snippet`. Only here is a ConfigError an exit."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
-from . import __version__
-from .app import create_app
+from . import __version__, online, supervisor
+from .assets.snippet import add_snippet_command, run_snippet
 from .config import CONFIG_ENV, Config, ConfigError, config_path_from_env, load_config
+from .spool import admin as spool_admin
 
 EXIT_CONFIG = 2
+EXIT_UNREACHABLE = 1
+EXIT_SPOOL = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help=config_help)
     check = commands.add_parser("check", help="validate a config file; exit 2 on problems")
     check.add_argument("--config", help=config_help)
+    check.add_argument("--online", action="store_true",
+                       help="also probe each region and the CDN; exit 1 if one is unreachable")
+    add_snippet_command(commands, config_help)
+    spool_admin.add_parser(commands, config_help)
     return parser
 
 
@@ -41,11 +46,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check":
         print(f"{config.source}: ok")
-        return 0
+        return check_online(config) if args.online else 0
+    if args.command == "snippet":
+        return run_snippet(config, args)
+    if args.command == "spool":
+        return spool_admin.run(args.action, config, args.all)
     return serve(config, path)
+
+
+def check_online(config: Config) -> int:
+    reports = asyncio.run(online.check_online(config))
+    width = max(len(report.target.name) for report in reports)
+    for report in reports:
+        print(report.line(width), flush=True)
+    return 0 if all(report.ok for report in reports) else EXIT_UNREACHABLE
 
 
 def serve(config: Config, path: str | None = None) -> int:
     """Bind, fork `[server] workers` processes, supervise them (SIGHUP reloads `path`)."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=config.log.level.upper(), format="%(message)s")
+    spool_problem = spool_admin.preflight(config)
+    if spool_problem is not None:   # never serve without the spool the config asks for
+        print(spool_problem, file=sys.stderr)
+        return EXIT_SPOOL
     return supervisor.serve(config, path)

@@ -84,7 +84,8 @@ class Metrics:
         # Observability (issue 7): answers in both directions, region health, config reloads.
         self.response_bytes = Counter(
             "mixpanel_proxy_response_bytes", "Response body bytes sent to clients, by endpoint "
-            "(\"none\" for requests refused before an endpoint matched).", ("endpoint",), registry=r)
+            "(assets: the asset relay; none: refused before an endpoint matched).",
+            ("endpoint",), registry=r)
         self.upstream_response_bytes = Counter(
             "mixpanel_proxy_upstream_response_bytes", "Response body bytes received from the "
             "upstream.", ("endpoint", "region"), registry=r)

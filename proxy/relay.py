@@ -24,6 +24,7 @@ from .headers import CorsPolicy, client_response_headers, upstream_request_heade
 from .health import RegionHealth
 from .metrics import Metrics
 from .paths import PathMatch, PathMatcher
+from .privacy import IpPolicy
 from .routing import Part, Plan, RoutedRequest, Router, UnknownToken
 from .spool import Spool, SpoolEntry
 from .upstream import UpstreamAnswer, UpstreamClient, UpstreamFailure
@@ -41,6 +42,7 @@ class ApiRelay:
         self._health = health or RegionHealth(config.regions, metrics, config.health.max_age)
         self._paths = PathMatcher(config.routing.base_path, config.routing.aliases)
         self._router = Router(config)
+        self._ip_policy = IpPolicy(config.privacy)
         self._cors = CorsPolicy(config.cors)
         self._client_ip = ClientIPResolver(config.server.trusted_proxies,
                                            config.server.client_ip_header)
@@ -140,7 +142,10 @@ class ApiRelay:
         query = routed.query if part.query is None else part.query
         target = self._base_urls[(part.region, match.endpoint)] + match.upstream_path
         url = URL(f"{target}?{query.decode()}" if query else target, encoded=True)
-        out_headers = upstream_request_headers(headers, client_ip, part.drop_content_encoding)
+        out_headers = upstream_request_headers(headers, self._ip_policy.upstream_ip(client_ip),
+                                               part.drop_content_encoding)
+        if part.content_encoding:      # a rewritten body the router re-encoded (gzip)
+            out_headers["Content-Encoding"] = part.content_encoding
         body = routed.body if part.body is None else part.body
         read_timeout = (self._config.upstream.settings_timeout
                         if match.endpoint == "settings" else None)

@@ -1,25 +1,32 @@
 """Pure routing: which region (or regions) a request goes to, and with which bytes.
 
 The project's token decides when `[[projects]]` lists it; else the path's region prefix; else the
-default region. The payload is decoded only when the answer depends on it (projects listed or strict
-mode), and a request that goes whole to one region keeps its exact bytes. A batch that mixes regions
-is split, each part re-encoded as compact JSON `data=`.
+default region. The payload is decoded only when the answer depends on it (projects listed, strict
+mode, or a payload policy), and a request that goes whole and unchanged to one region keeps its
+exact bytes. A batch that mixes regions is split, and a payload a policy changed is rewritten:
+each part re-encoded as compact JSON `data=` (see codec/encode.py).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
 
-from .codec import decode_data, extract_data, form_field, inflate, parse_json_body
-from .codec.payload import count_records
+from .codec import (
+    GZIP_ENDPOINTS,
+    DecodedPayload,
+    DecodeLimits,
+    decode_payload,
+    encode_payload,
+    form_field,
+)
 from .config import Config
 from .endpoints import BASIC_TOKEN_ENDPOINTS, DATA_ENDPOINTS
+from .privacy import PayloadPolicy
 
 
 class UnknownToken(Exception):
@@ -57,6 +64,7 @@ class Part:
     query: bytes | None = None         # None: the original query string
     drop_content_encoding: bool = False
     records: int = 0
+    content_encoding: str = ""         # the coding of a rewritten body, e.g. "gzip"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +82,21 @@ class Router:
         self._by_project_id = {p.project_id: p.region for p in config.projects if p.project_id}
         # Without listed projects and strict mode, no answer depends on the payload: never decode.
         self._needs_payload = bool(self._by_token) or self._strict
+        self._policy = PayloadPolicy(config.privacy, config.payload)
+        self._max_depth = config.payload.max_depth
+        self._gzip_level = config.payload.upstream_gzip_level
 
     def plan(self, request: RoutedRequest) -> Plan:
         fallback = request.pinned_region or self._default
-        if not self._needs_payload:
+        rewrites = self._policy.decodes(request.endpoint)
+        if not self._needs_payload and not rewrites:
             return Plan((Part(fallback),))
         if request.endpoint == "import" or request.endpoint == "flags":
             region = self._region_of_project_id(request.query)
             if region is not None:
-                return Plan((Part(region),))
+                if not rewrites:
+                    return Plan((Part(region),))
+                return self._plan_by_payload(request, region, fixed=True)
         if request.endpoint in BASIC_TOKEN_ENDPOINTS:
             return self._plan_by_header_token(request, fallback)
         if request.endpoint in DATA_ENDPOINTS:
@@ -111,10 +125,33 @@ class Router:
             token = raw.decode("utf-8", "replace") if raw else None
         return Plan((Part(self._region_for(token, fallback)),), tokens=(token,) if token else ())
 
-    def _plan_by_payload(self, request: RoutedRequest, fallback: str) -> Plan:
-        payload, form_body = self._decode_payload(request)
-        records = payload if isinstance(payload, list) else [payload]
-        count_records(payload)
+    def _plan_by_payload(self, request: RoutedRequest, fallback: str,
+                         fixed: bool = False) -> Plan:
+        """Decode, apply the payload policy, group by region; rewrite only what changed."""
+        decoded = decode_payload(request.body, request.query, request.content_type,
+                                 request.content_encoding, self._limits(request))
+        endpoint = request.endpoint
+        changed = self._policy.scrub(endpoint, decoded.records)
+        regions, tokens = self._regions(request, decoded.records, fallback, fixed)
+        split = len(regions) > 1
+        changed = self._policy.add_insert_ids(endpoint, decoded.records, split or changed) \
+            or changed
+        query = self._policy.ip.zero_ip_field(request.query, add=True)
+        form = self._policy.ip.zero_ip_field(decoded.body, add=False) \
+            if decoded.carrier == "form" else None
+        if form is not None:
+            decoded, changed = dataclasses.replace(decoded, body=form), True
+        if not split and not changed:
+            part = Part(next(iter(regions)), query=query, records=len(decoded.records))
+            return Plan((part,), tokens=tokens)
+        gzip_level = self._gzip_level if endpoint in GZIP_ENDPOINTS else 0
+        parts = tuple(_rewritten_part(region, items, decoded, query or request.query, gzip_level)
+                      for region, items in regions.items())
+        return Plan(parts, split=split, tokens=tokens)
+
+    def _regions(self, request: RoutedRequest, records: list[Any], fallback: str,
+                 fixed: bool) -> tuple[dict[str, list[Any]], tuple[str, ...]]:
+        """The records of each region (in order), and the distinct tokens seen."""
         header_token = (basic_auth_user(request.authorization)
                         if request.endpoint == "import" else None)
         regions: dict[str, list[Any]] = {}
@@ -123,48 +160,23 @@ class Router:
             token = record_token(record) or header_token
             if token:
                 tokens.append(token)
-            regions.setdefault(self._region_for(token, fallback), []).append(record)
+            region = fallback if fixed else self._region_for(token, fallback)
+            regions.setdefault(region, []).append(record)
         if not records:
-            regions[self._region_for(header_token, fallback)] = []
-        unique_tokens = tuple(dict.fromkeys(tokens))
-        if len(regions) == 1:
-            return Plan((Part(next(iter(regions)), records=len(records)),), tokens=unique_tokens)
-        parts = tuple(_split_part(region, items, request, form_body)
-                      for region, items in regions.items())
-        return Plan(parts, split=True, tokens=unique_tokens)
+            regions[fallback if fixed else self._region_for(header_token, fallback)] = []
+        return regions, tuple(dict.fromkeys(tokens))
 
-    def _decode_payload(self, request: RoutedRequest) -> tuple[Any, bool]:
-        """The decoded payload, and whether it came from a form/beacon `data=` body."""
-        body = inflate(request.body, request.content_encoding, request.inflate_limit)
-        data = extract_data(body, b"") if body and not _is_json(request.content_type) else None
-        if data is not None:
-            return decode_data(data), True
-        if request.query:
-            data = form_field(request.query, b"data")
-            if data is not None:
-                return decode_data(data), False
-        if request.endpoint == "import" and body:
-            return parse_json_body(body), True
-        return [], False
+    def _limits(self, request: RoutedRequest) -> DecodeLimits:
+        return DecodeLimits(compressed=request.inflate_limit, inflated=request.inflate_limit,
+                            depth=self._max_depth)
 
 
-def _split_part(region: str, items: list[Any], request: RoutedRequest, form_body: bool) -> Part:
-    encoded = json.dumps(items, separators=(",", ":"), ensure_ascii=False)
-    if not form_body:
-        query = _replace_field(request.query, encoded)
-        return Part(region, query=query, records=len(items))
-    if request.endpoint == "import" and _is_json(request.content_type):
-        return Part(region, body=encoded.encode(), drop_content_encoding=True, records=len(items))
-    body = inflate(request.body, request.content_encoding, request.inflate_limit)
-    return Part(region, body=_replace_field(body, encoded), drop_content_encoding=True,
-                records=len(items))
-
-
-def _replace_field(encoded: bytes, data: str) -> bytes:
-    """`encoded` (a form or query) with its data= field replaced and every other field kept."""
-    fields = [part for part in encoded.split(b"&") if part and not part.startswith(b"data=")]
-    fields.append(urlencode({"data": data}).encode())
-    return b"&".join(fields)
+def _rewritten_part(region: str, items: list[Any], decoded: DecodedPayload, query: bytes,
+                    gzip_level: int) -> Part:
+    encoded = encode_payload(decoded, items, query, gzip_level)
+    return Part(region, body=encoded.body, query=encoded.query,
+                drop_content_encoding=encoded.body is not None,
+                content_encoding=encoded.content_encoding, records=len(items))
 
 
 def record_token(record: Any) -> str | None:
@@ -189,7 +201,3 @@ def basic_auth_user(header: str) -> str | None:
         return None
     user = decoded.partition(":")[0]
     return user or None
-
-
-def _is_json(content_type: str) -> bool:
-    return "json" in content_type

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.app import create_app
 from proxy.config import parse_config
+from tests.fake_cdn import FakeCdn
 from tests.fakes import FakeUpstream
 
 RelayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -31,6 +32,15 @@ async def upstreams() -> AsyncIterator[dict[str, FakeUpstream]]:
     for fake in fakes.values():
         assert fake.server is not None
         await fake.server.close()
+
+
+@pytest.fixture
+async def fake_cdn() -> AsyncIterator[FakeCdn]:
+    """A fake cdn.mxpnl.com serving the real mixpanel-browser bundles (see tests/fake_cdn.py)."""
+    cdn = FakeCdn()
+    await cdn.start()
+    yield cdn
+    await cdn.close()
 
 
 def relay_config(upstreams: dict[str, FakeUpstream], extra: dict[str, Any] | None = None,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.codec import decode_data, extract_data
+from proxy.codec import decode_data, extract_data, inflate
 
 
 @dataclass
@@ -20,10 +21,15 @@ class Received:
     query: str            # raw query string, exactly as it crossed the wire
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.monotonic)   # arrival: tests of retry timing read it
+
+    def plain_body(self) -> bytes:
+        """The body with its Content-Encoding undone, as Mixpanel reads it."""
+        return inflate(self.body, self.headers.get("Content-Encoding", ""), 64 * 1024 * 1024)
 
     def data(self) -> Any:
         """The decoded `data=` payload (form body or query)."""
-        value = extract_data(self.body, self.query.encode())
+        value = extract_data(self.plain_body(), self.query.encode())
         assert value is not None, f"no data= in {self.body[:80]!r}"
         return decode_data(value)
 

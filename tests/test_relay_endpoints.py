@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+
 import pytest
 
 from tests.conftest import US_TOKEN, RelayFactory

@@ -65,7 +65,7 @@ async def test_mixed_batch_is_split_per_region(
     assert eu.records() == [batch[1]] and in_.records() == [batch[3]]
     assert us.query == query and eu.query == query              # ip=1 untouched everywhere
     # Split parts go as compact JSON data=; every record value survives byte-exact.
-    value = extract_data(us.body, b"")
+    value = extract_data(us.plain_body(), b"")
     assert value is not None and value.startswith(b"[{") and b", " not in value
     assert decode_data(value)[0]["properties"]["$insert_id"] == "abc123def456ghi7"
 

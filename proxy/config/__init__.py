@@ -16,12 +16,15 @@ from typing import Any
 from .assets import AssetsConfig, parse_assets
 from .health import HealthConfig, parse_health
 from .log import LogConfig, parse_log
+from .payload import PayloadConfig, parse_payload
+from .privacy import PrivacyConfig, parse_privacy
 from .reader import ConfigError, TableReader
 from .sections import (
     CorsConfig,
     LimitsConfig,
     MetricsConfig,
     ProjectConfig,
+    RateLimitConfig,
     RegionConfig,
     RoutingConfig,
     ServerConfig,
@@ -38,8 +41,9 @@ from .sections import (
 from .spool import SpoolConfig, parse_spool
 
 __all__ = [
-    "Config", "ConfigError", "CorsConfig", "LimitsConfig", "MetricsConfig", "ProjectConfig",
-    "HealthConfig", "LogConfig", "AssetsConfig",
+    "Config", "ConfigError", "CorsConfig", "LimitsConfig", "RateLimitConfig", "MetricsConfig",
+    "ProjectConfig",
+    "HealthConfig", "LogConfig", "AssetsConfig", "PayloadConfig", "PrivacyConfig",
     "RegionConfig",
     "RoutingConfig", "ServerConfig", "SpoolConfig", "UpstreamConfig", "CONFIG_ENV", "load_config",
     "parse_config", "config_path_from_env",
@@ -62,6 +66,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     assets: AssetsConfig = field(default_factory=AssetsConfig)
+    payload: PayloadConfig = field(default_factory=PayloadConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     source: str = "(embedded default)"
 
 
@@ -82,9 +88,15 @@ def parse_config(data: dict[str, Any], source: str = "(embedded default)") -> Co
         log=parse_log(root.table("log")),
         health=parse_health(root.table("health")),
         assets=parse_assets(root.table("assets")),
+        payload=parse_payload(root.table("payload")),
+        privacy=parse_privacy(root.table("privacy")),
         source=source,
     )
     root.finish()
+    if config.server.workers > 1 and config.metrics.listen is not None:
+        # Each worker would bind the metrics listener itself; only the first would succeed.
+        problems.append("metrics.listen: cannot be used with [server] workers > 1; leave it "
+                        "unset (the main listener serves /metrics) or run one worker")
     if problems:
         raise ConfigError(problems)
     return config

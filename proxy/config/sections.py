@@ -65,8 +65,17 @@ class CorsConfig:
 
 
 @dataclass(frozen=True)
+class RateLimitConfig:
+    ip_per_second: float = 0.0            # 0: no per-client-IP limit
+    ip_burst: int = 100
+    token_per_second: float = 0.0         # 0: no per-project-token limit
+    token_burst: int = 1000
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     body: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_BODY_LIMITS))
+    rate: RateLimitConfig = field(default_factory=RateLimitConfig)
 
 
 @dataclass(frozen=True)
@@ -220,8 +229,16 @@ def parse_limits(reader: TableReader) -> LimitsConfig:
     body = {name: body_reader.size(name, default, minimum=1)
             for name, default in DEFAULT_BODY_LIMITS.items()}
     body_reader.finish()
+    rate_reader = reader.table("rate")
+    rate = RateLimitConfig(
+        ip_per_second=rate_reader.number("ip_per_second", 0.0, minimum=0),
+        ip_burst=rate_reader.integer("ip_burst", 100, minimum=1),
+        token_per_second=rate_reader.number("token_per_second", 0.0, minimum=0),
+        token_burst=rate_reader.integer("token_burst", 1000, minimum=1),
+    )
+    rate_reader.finish()
     reader.finish()
-    return LimitsConfig(body=body)
+    return LimitsConfig(body=body, rate=rate)
 
 
 def parse_upstream(reader: TableReader) -> UpstreamConfig:

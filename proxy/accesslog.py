@@ -1,0 +1,192 @@
+"""Access logs: one JSON line per client request on the `mixpanel_proxy.access` logger.
+
+A middleware opens a `RequestFacts` for each request; the relay fills it in as it learns things
+(endpoint, region, client IP, rejection reason, upstream time) through `request_facts()`, a
+context variable, so no handler signature has to carry it. The line never holds a payload, a
+query string or a token: only closed-set names, sizes, durations and the (policy-shaped) IP.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client import Counter
+
+from .assets.names import ROOT_ALIASES
+from .config import Config
+from .metrics import Metrics
+
+__all__ = [
+    "ACCESS_LOGGER", "RequestFacts", "access_middleware", "asset_prefixes", "ip_policy",
+    "request_facts",
+]
+
+ACCESS_LOGGER = logging.getLogger("mixpanel_proxy.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Anonymizer = Callable[[str], str]
+
+_MAX_PATH = 96            # unmatched paths are logged cut short: they are client-chosen text
+_V6_48 = ((1 << 48) - 1) << 80
+_PATHS_LOGGED = frozenset({"none", "assets"})   # where the endpoint name alone says too little
+
+
+@dataclass(slots=True)
+class RequestFacts:
+    endpoint: str = "none"
+    region: str = "-"
+    client_ip: str = ""
+    reason: str = ""              # why the relay refused the request itself
+    request_bytes: int = -1       # the body as read; -1: not read (Content-Length is logged)
+    upstream_seconds: float = 0.0  # the slowest upstream exchange (split parts run in parallel)
+
+    def upstream_took(self, seconds: float) -> None:
+        self.upstream_seconds = max(self.upstream_seconds, seconds)
+
+    def add_region(self, region: str) -> None:
+        self.region = region if self.region == "-" else f"{self.region}+{region}"
+
+
+_current: ContextVar[RequestFacts | None] = ContextVar("mixpanel_proxy_request_facts",
+                                                       default=None)
+
+
+def request_facts() -> RequestFacts:
+    """The facts of the request being handled (a throwaway one outside the middleware)."""
+    facts = _current.get()
+    return facts if facts is not None else RequestFacts()
+
+
+def ip_policy(policy: str, upstream: Anonymizer | None = None) -> Anonymizer:
+    """The access log's view of a client IP: full, truncated (/24 or /48) or omitted.
+
+    `upstream` is the privacy policy's view (what the relay shows Mixpanel): the log never
+    shows more than that, whatever `[log] client_ip` says.
+    """
+    own = _keep if policy == "full" else _omit if policy == "omitted" else truncate_ip
+    if upstream is None:
+        return own
+    if own is _keep:
+        return upstream
+    return lambda ip: own(upstream(ip))
+
+
+@functools.lru_cache(maxsize=4096)   # clients come back: a hit costs far less than parsing
+def truncate_ip(ip: str) -> str:
+    """IPv4 to its /24, IPv6 to its /48: keeps coarse geography, drops the subscriber."""
+    head, dot, last = ip.rpartition(".")
+    if dot and ":" not in ip:
+        octets = head.split(".")
+        if len(octets) == 3 and all(_is_octet(part) for part in (*octets, last)):
+            return f"{head}.0"
+        return ""
+    try:
+        address = ipaddress.IPv6Address(ip)
+    except ValueError:
+        return ""
+    return str(ipaddress.IPv6Address(int(address) & _V6_48))
+
+
+def _is_octet(text: str) -> bool:
+    return text.isdigit() and len(text) <= 3 and int(text) <= 255
+
+
+def _keep(ip: str) -> str:
+    return ip
+
+
+def _omit(ip: str) -> str:
+    return ""
+
+
+def asset_prefixes(config: Config) -> tuple[str, ...]:
+    """The paths the asset relay serves: its requests are labelled `assets`, not `none`."""
+    if not config.assets.enabled:
+        return ()
+    return (config.assets.path, *(ROOT_ALIASES if config.assets.aliases else ()))
+
+
+def access_middleware(metrics: Metrics, log_enabled: bool, anonymize: Anonymizer,
+                      quiet_paths: Collection[str], assets: tuple[str, ...] = ()) -> Middleware:
+    """Counts answer bytes and writes the access line; `quiet_paths` (probes, scrapes) skip both.
+
+    `anonymize` is the hook the privacy policy shapes; `log_enabled` is `[log] access`;
+    `assets` are the asset relay's path prefixes.
+    """
+
+    response_bytes: dict[str, Counter] = {}     # label children, looked up once per endpoint
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in quiet_paths:
+            return await handler(request)
+        facts = RequestFacts()
+        token = _current.set(facts)
+        started = time.perf_counter()
+        status = 500
+        size = 0
+        try:
+            response = await handler(request)
+            status = response.status
+            size = response.content_length or 0
+            return response
+        finally:
+            _current.reset(token)
+            if facts.endpoint == "none" and assets and request.path.startswith(assets):
+                facts.endpoint = "assets"
+            counter = response_bytes.get(facts.endpoint)
+            if counter is None:
+                counter = response_bytes[facts.endpoint] = metrics.response_bytes.labels(
+                    facts.endpoint)
+            counter.inc(size)
+            if log_enabled and ACCESS_LOGGER.isEnabledFor(logging.INFO):
+                line = access_line(request, facts, status, size, time.perf_counter() - started,
+                                   anonymize)
+                # A record made directly: Logger.info() would walk the stack to find its caller
+                # on every request (findCaller), which costs more than the line itself.
+                ACCESS_LOGGER.handle(logging.LogRecord(
+                    ACCESS_LOGGER.name, logging.INFO, __file__, 0, line, None, None))
+
+    return middleware
+
+
+def access_line(request: web.Request, facts: RequestFacts, status: int, size: int,
+                elapsed: float, anonymize: Anonymizer) -> str:
+    """One JSON object. Closed-set values are written directly; client-chosen text is escaped."""
+    path = json.dumps(request.path[:_MAX_PATH]) if facts.endpoint in _PATHS_LOGGED else '""'
+    client_ip = anonymize(facts.client_ip or request.remote or "")
+    # The method is an HTTP token (aiohttp's parser guarantees it): no quote or backslash.
+    return (
+        f'{{"time":"{_timestamp()}","method":"{request.method}",'
+        f'"endpoint":"{facts.endpoint}","region":"{facts.region}","status":{status},'
+        f'"reason":"{facts.reason}","bytes_in":{_bytes_in(request, facts)},'
+        f'"bytes_out":{size},"duration_ms":{elapsed * 1000:.2f},'
+        f'"upstream_ms":{facts.upstream_seconds * 1000:.2f},'
+        f'"client_ip":{json.dumps(client_ip)},"path":{path}}}'
+    )
+
+
+_second: list[Any] = [-1, ""]     # the last whole second formatted, and its text
+
+
+def _timestamp() -> str:
+    """ISO 8601 UTC with milliseconds; the seconds part is formatted once per second."""
+    now = time.time()
+    whole = int(now)
+    if whole != _second[0]:
+        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
+
+
+def _bytes_in(request: web.Request, facts: RequestFacts) -> int:
+    return facts.request_bytes if facts.request_bytes >= 0 else request.content_length or 0

@@ -1,0 +1,79 @@
+"""The `[spool]` section: the durable store-and-forward spool (proxy/spool/).
+
+Off unless `enabled = true`, because it writes a file. `mode` chooses when requests are stored:
+`on_failure` (forward first, store when the upstream cannot take them), `always` (store first,
+forward in the background) or `off` (store nothing new, but keep draining what is on disk).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..endpoints import ENDPOINTS
+from .reader import TableReader
+
+SpoolMode = Literal["on_failure", "always", "off"]
+SPOOL_MODES: tuple[SpoolMode, ...] = ("on_failure", "always", "off")
+# Read-only endpoints: their answers carry data only the upstream has, so they can't be stored.
+UNSPOOLABLE = ("flags", "settings")
+SPOOLABLE = tuple(name for name in ENDPOINTS if name not in UNSPOOLABLE)
+TRACK_WINDOW = 5 * 24 * 3600          # Mixpanel's /track takes events of the last 5 days only
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    enabled: bool = False
+    mode: SpoolMode = "on_failure"
+    path: str = "mixpanel-proxy-spool.db"
+    max_bytes: int = GIB                  # live entries plus dead letters; past it: 503
+    endpoints: tuple[str, ...] = SPOOLABLE
+    group_commit: bool = True             # concurrent writes share one fsync
+    backoff_min: float = 2.0              # drain retry delay, doubled per failure, jittered
+    backoff_max: float = 60.0
+    retry_after_max: float = 3600.0       # an upstream Retry-After is honoured up to this
+    drain_batch: int = 64                 # entries read per drain round
+    drain_concurrency: int = 8            # upstream requests in flight per region
+    poll_interval: float = 5.0            # an idle drainer looks at the file this often
+    track_max_age: float = TRACK_WINDOW   # older /track events go to dead letter, not upstream
+
+    @property
+    def active(self) -> bool:
+        """Whether requests are stored at all (a spool in mode `off` only drains)."""
+        return self.enabled and self.mode != "off"
+
+
+def parse_spool(reader: TableReader) -> SpoolConfig:
+    path = reader.string("path", SpoolConfig.path)
+    if not path.strip():
+        reader.problem("path", "must name a file, e.g. /var/lib/mixpanel-proxy/spool.db")
+        path = SpoolConfig.path
+    endpoints = reader.string_list("endpoints", SPOOLABLE)
+    for name in endpoints:
+        if name not in SPOOLABLE:
+            reader.problem("endpoints", f"{name!r} cannot be spooled; expected some of "
+                                        f"{', '.join(SPOOLABLE)}")
+    backoff_min = reader.number("backoff_min", 2.0, minimum=0.01)
+    backoff_max = reader.number("backoff_max", 60.0, minimum=0.01)
+    if backoff_max < backoff_min:
+        reader.problem("backoff_max", f"must be at least backoff_min ({backoff_min}), "
+                                      f"got {backoff_max}")
+        backoff_max = backoff_min
+    config = SpoolConfig(
+        enabled=reader.boolean("enabled", False),
+        mode=reader.string("mode", "on_failure", choices=SPOOL_MODES),  # type: ignore[arg-type]
+        path=path,
+        max_bytes=reader.size("max_bytes", GIB, minimum=1024),
+        endpoints=tuple(name for name in endpoints if name in SPOOLABLE),
+        group_commit=reader.boolean("group_commit", True),
+        backoff_min=backoff_min,
+        backoff_max=backoff_max,
+        retry_after_max=reader.number("retry_after_max", 3600.0, minimum=0),
+        drain_batch=reader.integer("drain_batch", 64, minimum=1, maximum=10_000),
+        drain_concurrency=reader.integer("drain_concurrency", 8, minimum=1, maximum=256),
+        poll_interval=reader.number("poll_interval", 5.0, minimum=0.01),
+        track_max_age=reader.number("track_max_age", float(TRACK_WINDOW), minimum=1),
+    )
+    reader.finish()
+    return config

@@ -1,0 +1,171 @@
+"""The operator endpoints and their background work, wired into the app by `install_ops`.
+
+- `/healthz`: liveness, answered without looking at anything.
+- `/readyz`: 200 or 503 with the checks (details only for peers in `[metrics] allow`).
+- `/metrics` and `/status`: only for peers in `[metrics] allow`; on the main listener, or on
+  their own listener when `[metrics] listen` is set (then the main listener does not serve them).
+- Background: the region probe and the status page's rate sampler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from . import answers
+from .clientip import ClientIPResolver
+from .config import Config
+from .health import Readiness, RegionHealth, directory_writable, probe_regions_forever
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .status import CSP, StatusBoard
+from .upstream import UpstreamClient
+
+__all__ = [
+    "OPS_LISTENER_KEY", "READINESS_KEY", "STATUS_BOARD_KEY", "Ops", "OpsListener",
+    "install_ops", "ops_paths",
+]
+
+_PROBES = frozenset({"/healthz", "/readyz"})
+_SCRAPES = frozenset({"/metrics", "/status"})
+_SAMPLE_INTERVAL = 5.0
+
+Context = Callable[[web.Application], AsyncIterator[None]]
+
+
+class OpsListener:
+    """The separate `[metrics] listen` listener, once started (tests read its address)."""
+
+    def __init__(self) -> None:
+        self.runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.runner is not None, "the ops listener has not started"
+        host, port = self.runner.addresses[0][:2]
+        return f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+
+
+OPS_LISTENER_KEY = web.AppKey("ops_listener", OpsListener)
+READINESS_KEY = web.AppKey("readiness", Readiness)
+STATUS_BOARD_KEY = web.AppKey("status_board", StatusBoard)
+
+
+class Ops:
+    """The handlers, sharing one access rule: `[metrics] allow`."""
+
+    def __init__(self, config: Config, metrics: Metrics, readiness: Readiness,
+                 board: StatusBoard) -> None:
+        self._metrics = metrics
+        self._readiness = readiness
+        self._board = board
+        self._allowed = ClientIPResolver(config.metrics.allow)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready, body = await self._readiness.evaluate()
+        if not self._allowed.is_trusted(request.remote):
+            # Others (a load balancer) learn which checks failed, not the hosts and errors.
+            body = {"ready": ready, "failed": body["failed"]}
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        if not self._allowed.is_trusted(request.remote):
+            return self._refuse()
+        return web.Response(body=self._metrics.exposition(),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def status(self, request: web.Request) -> web.Response:
+        if not self._allowed.is_trusted(request.remote):
+            return self._refuse()
+        page = await self._board.render()
+        return web.Response(text=page, content_type="text/html", charset="utf-8",
+                            headers={"Content-Security-Policy": CSP,
+                                     "Cache-Control": "no-store"})
+
+    def _refuse(self) -> web.Response:
+        # The same answer as any unknown path: the endpoint's existence is not advertised.
+        self._metrics.reject("not_found")
+        return answers.error(404, "no such endpoint")
+
+    def add_routes(self, app: web.Application, *, scrape: bool) -> None:
+        app.router.add_get("/healthz", self.healthz, allow_head=True)
+        app.router.add_get("/readyz", self.readyz, allow_head=True)
+        if scrape:
+            app.router.add_get("/metrics", self.metrics)
+            app.router.add_get("/status", self.status)
+
+
+def ops_paths(config: Config) -> frozenset[str]:
+    """The paths the main listener answers itself (kept out of access logs and byte counts)."""
+    return _PROBES if config.metrics.listen is not None else _PROBES | _SCRAPES
+
+
+def install_ops(app: web.Application, config: Config, metrics: Metrics, health: RegionHealth,
+                upstream: UpstreamClient) -> Readiness:
+    """Add the operator routes and background work to `app`; returns the readiness registry.
+
+    Call it before the catch-all relay route, and after the upstream session's cleanup_ctx.
+    """
+    readiness = Readiness(health, config.health.regions, metrics)
+    if config.spool.enabled:
+        # The spool may register a richer "spool" check of its own; it replaces this one.
+        readiness.add_check("spool", directory_writable(config.spool.path))
+    board = StatusBoard(config, metrics, readiness)
+    ops = Ops(config, metrics, readiness, board)
+    separate = config.metrics.listen is not None
+    ops.add_routes(app, scrape=not separate)
+    app.cleanup_ctx.append(_background(config, metrics, health, upstream, readiness, board))
+    if separate:
+        listener = app[OPS_LISTENER_KEY] = OpsListener()
+        app.cleanup_ctx.append(_ops_listener(config, ops, listener))
+    app[READINESS_KEY] = readiness
+    app[STATUS_BOARD_KEY] = board
+    return readiness
+
+
+def _background(config: Config, metrics: Metrics, health: RegionHealth, upstream: UpstreamClient,
+                readiness: Readiness, board: StatusBoard) -> Context:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(_every(_SAMPLE_INTERVAL, board.sample))]
+        if config.health.probe_interval > 0:
+            tasks.append(asyncio.create_task(
+                probe_regions_forever(config, upstream, health, metrics)))
+        readiness.config_loaded(config.source)
+        yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return context
+
+
+def _ops_listener(config: Config, ops: Ops, listener: OpsListener) -> Context:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        assert config.metrics.listen is not None
+        host, port = config.metrics.listen
+        ops_app = web.Application()
+        ops.add_routes(ops_app, scrape=True)
+        runner = web.AppRunner(ops_app, access_log=None)
+        await runner.setup()
+        # Several workers each bind it (as they share the main port); a scrape then reaches
+        # one worker, exactly as /metrics on the main listener would.
+        await web.TCPSite(runner, host, port, reuse_port=config.server.workers > 1).start()
+        listener.runner = runner
+        yield
+        listener.runner = None
+        await runner.cleanup()
+
+    return context
+
+
+async def _every(interval: float, job: Callable[[], None]) -> None:
+    while True:
+        job()
+        await asyncio.sleep(interval)

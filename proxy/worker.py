@@ -1,0 +1,109 @@
+"""One serving process: the aiohttp app on a listening socket inherited from the supervisor.
+
+A worker tells the supervisor it is accepting by writing one byte to its ready pipe, and drains on
+SIGTERM/SIGINT: it closes its copy of the listening socket (the other workers keep accepting from
+the shared queue), then for a short grace keeps serving the connections it already has, each
+answer saying `Connection: close`: a client that had just connected gets its request answered
+instead of a reset. Then it lets in-flight requests finish, runs the app's cleanup (which flushes
+what must be flushed) and exits 0, all within `[server] shutdown_timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from aiohttp import web
+
+from .app import create_app
+from .config import Config
+
+log = logging.getLogger("mixpanel_proxy.worker")
+
+EXIT_STARTUP_FAILED = 3
+DRAIN_GRACE = 0.5          # at most; never more than half of shutdown_timeout
+_PARENT_POLL_SECONDS = 1.0
+
+
+class _Draining:
+    """Set once the worker stops accepting: answers from then on close their connection."""
+
+    def __init__(self) -> None:
+        self.active = False
+
+    async def on_response_prepare(self, request: web.Request,
+                                  response: web.StreamResponse) -> None:
+        if self.active:
+            response.force_close()
+
+
+def run_worker(config: Config, sock: socket.socket, ready_fd: int, parent_pid: int) -> int:
+    """Serve until told to stop; the return value is the process's exit code."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+    loop = _new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(_serve(config, sock, ready_fd, parent_pid))
+    finally:
+        loop.close()
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+async def _serve(config: Config, sock: socket.socket, ready_fd: int, parent_pid: int) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    # SIGHUP belongs to the supervisor; a terminal hang-up must not kill a worker mid-request.
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    grace = min(DRAIN_GRACE, config.server.shutdown_timeout / 2)
+    draining = _Draining()
+    app = create_app(config)
+    app.on_response_prepare.append(draining.on_response_prepare)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=config.server.shutdown_timeout - grace)
+    try:
+        await runner.setup()
+        site = web.SockSite(runner, sock)
+        await site.start()
+    except Exception:
+        log.exception("worker %d could not start", os.getpid())
+        await runner.cleanup()
+        return EXIT_STARTUP_FAILED
+    _report_ready(ready_fd)
+    watcher = asyncio.create_task(_watch_parent(parent_pid, stop))
+    await stop.wait()
+    watcher.cancel()
+    await site.stop()            # stop accepting; the other workers take the queue from here
+    draining.active = True
+    await asyncio.sleep(grace)
+    await runner.cleanup()       # closes idle connections, waits for in-flight, runs cleanup_ctx
+    return 0
+
+
+def _report_ready(ready_fd: int) -> None:
+    try:
+        os.write(ready_fd, b"1")
+    finally:
+        os.close(ready_fd)
+
+
+async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
+    """Drain and exit if the supervisor died: an orphan would hold the port, unsupervised."""
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(_PARENT_POLL_SECONDS)
+    print(f"worker {os.getpid()}: supervisor {parent_pid} is gone, draining", file=sys.stderr)
+    stop.set()

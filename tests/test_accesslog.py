@@ -1,0 +1,140 @@
+"""Access logs: one JSON line per request, with what an operator needs and nothing private."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from proxy.accesslog import ACCESS_LOGGER, truncate_ip
+from proxy.app import METRICS_KEY
+from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
+from tests.fake_cdn import FakeCdn
+from tests.fakes import FakeUpstream
+from tests.helpers import FORM, browser_form, event
+
+FIELDS = {"time", "method", "endpoint", "region", "status", "reason", "bytes_in", "bytes_out",
+          "duration_ms", "upstream_ms", "client_ip", "path"}
+
+
+def lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [json.loads(record.getMessage()) for record in caplog.records
+            if record.name == ACCESS_LOGGER.name]
+
+
+async def test_one_line_per_request_with_sizes_durations_and_region(
+        make_relay: RelayFactory, upstreams: dict[str, FakeUpstream],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, ACCESS_LOGGER.name)
+    client = await make_relay({"server": {"trusted_proxies": ["127.0.0.1/32"]}}, projects=True)
+    upstreams["eu"].delay = 0.05
+    body = browser_form([event(EU_TOKEN)])
+    response = await client.post("/track?verbose=1", data=body,
+                                 headers={**FORM, "X-Forwarded-For": "203.0.113.77"})
+    answer = await response.read()
+    await client.get("/healthz")                      # probes and scrapes are not logged
+    await client.get("/metrics")
+    [line] = lines(caplog)
+    assert set(line) == FIELDS
+    assert line["method"] == "POST"
+    assert (line["endpoint"], line["region"], line["status"]) == ("track", "eu", 200)
+    assert (line["bytes_in"], line["bytes_out"]) == (len(body), len(answer))
+    assert line["reason"] == "" and line["path"] == ""
+    assert 50 <= line["upstream_ms"] <= line["duration_ms"]
+    assert line["client_ip"] == "203.0.113.0"        # truncated to its /24 by default
+    assert line["time"].endswith("Z")
+
+
+async def test_refusals_name_their_reason_and_never_the_payload(
+        make_relay: RelayFactory, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, ACCESS_LOGGER.name)
+    client = await make_relay({"routing": {"strict": True}, "log": {"client_ip": "full"}})
+    secret = browser_form([event("tok_not_listed_secret", email="ann@example.com")])
+    await client.post(f"/track?data={secret.decode()[5:]}", data=secret, headers=FORM)
+    await client.get("/wp-admin/" + "x" * 300 + "?token=" + US_TOKEN)
+    refused, unknown = lines(caplog)
+    assert (refused["endpoint"], refused["region"], refused["status"]) == ("track", "-", 403)
+    assert refused["reason"] == "unknown_token"
+    assert refused["client_ip"] == "127.0.0.1"
+    assert (unknown["endpoint"], unknown["status"], unknown["reason"]) == ("none", 404,
+                                                                           "not_found")
+    assert unknown["path"] == ("/wp-admin/" + "x" * 300)[:96]       # cut short, no query
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    for private in ("tok_not_listed_secret", "ann@example.com", secret.decode()[5:40], US_TOKEN):
+        assert private not in text
+
+
+async def test_a_split_batch_names_every_region(
+        make_relay: RelayFactory, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, ACCESS_LOGGER.name)
+    client = await make_relay({"log": {"client_ip": "omitted"}}, projects=True)
+    body = browser_form([event(US_TOKEN), event(EU_TOKEN)])
+    assert (await client.post("/track", data=body, headers=FORM)).status == 200
+    [line] = lines(caplog)
+    assert sorted(line["region"].split("+")) == ["eu", "us"]
+    assert line["client_ip"] == ""
+
+
+async def test_access_logs_can_be_turned_off(
+        make_relay: RelayFactory, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, ACCESS_LOGGER.name)
+    client = await make_relay({"log": {"access": False}})
+    assert (await client.post("/track", data=browser_form([event(US_TOKEN)]),
+                              headers=FORM)).status == 200
+    assert lines(caplog) == []
+
+
+@pytest.mark.parametrize(("ip", "truncated"), [
+    ("198.51.100.23", "198.51.100.0"),
+    ("2001:db8:85a3:8d3:1319:8a2e:370:7348", "2001:db8:85a3::"),
+    ("not an ip", ""),
+])
+def test_truncation_keeps_the_network_only(ip: str, truncated: str) -> None:
+    assert truncate_ip(ip) == truncated
+
+
+@pytest.mark.parametrize(("privacy", "log_policy", "logged"), [
+    ({"ip": "truncated", "ipv4_prefix": 16}, "full", "203.0.0.0"),    # privacy's own prefix
+    ({"ip": "truncated", "ipv4_prefix": 16}, "truncated", "203.0.0.0"),
+    ({"ip": "omitted"}, "full", ""),
+    ({"ip": "full"}, "full", "203.0.113.77"),
+])
+async def test_the_log_never_shows_more_than_the_privacy_policy(
+        make_relay: RelayFactory, upstreams: dict[str, FakeUpstream],
+        caplog: pytest.LogCaptureFixture, privacy: dict[str, Any], log_policy: str,
+        logged: str) -> None:
+    caplog.set_level(logging.INFO, ACCESS_LOGGER.name)
+    client = await make_relay({"privacy": privacy, "log": {"client_ip": log_policy},
+                               "server": {"trusted_proxies": ["127.0.0.1/32"]}})
+    response = await client.post("/track", data=browser_form([event(US_TOKEN)]),
+                                 headers={**FORM, "X-Forwarded-For": "203.0.113.77"})
+    assert response.status == 200
+    [line] = lines(caplog)
+    assert line["client_ip"] == logged
+    # ...and the upstream saw the same policy applied (or no client IP at all).
+    [got] = upstreams["us"].received
+    assert got.headers.get("X-Forwarded-For", "") == (logged if privacy["ip"] != "full"
+                                                      else "203.0.113.77")
+
+
+async def test_asset_requests_are_labelled_assets(
+        make_relay: RelayFactory, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, ACCESS_LOGGER.name)
+    cdn = FakeCdn()
+    await cdn.start()
+    try:
+        client = await make_relay({"assets": {"cdn_url": cdn.url}})
+        response = await client.get("/libs/mixpanel-2-latest.min.js",
+                                    headers={"Accept-Encoding": "identity"})
+        body = await response.read()
+    finally:
+        await cdn.close()
+    assert response.status == 200 and body == cdn.files["mixpanel-2-latest.min.js"]
+    [line] = lines(caplog)
+    assert (line["endpoint"], line["status"], line["bytes_out"]) == ("assets", 200, len(body))
+    assert line["path"] == "/libs/mixpanel-2-latest.min.js"
+    registry = client.app[METRICS_KEY].registry
+    assert registry.get_sample_value("mixpanel_proxy_response_bytes_total",
+                                     {"endpoint": "assets"}) == len(body)

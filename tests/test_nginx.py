@@ -1,0 +1,228 @@
+"""The shipped nginx/ config, run by the real nginx (adapted only in ports and paths), in front of a
+real multi-worker relay process and real fake upstreams: client IP, body limits, the /libs cache,
+the operator endpoints, HTTP/2, and `nginx -t`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from proxy.assets.names import is_immutable
+from proxy.endpoints import DEFAULT_BODY_LIMITS
+from tests.conftest import relay_config
+from tests.fake_cdn import FakeCdn
+from tests.fakes import FakeUpstream
+from tests.helpers import FORM, browser_form, event
+from tests.processes import NginxFront, RelayProcess
+
+pytestmark = pytest.mark.nginx
+
+ORIGIN = "https://shop.example"
+
+
+@dataclass
+class Stack:
+    relay: RelayProcess
+    front: NginxFront
+    upstreams: dict[str, FakeUpstream]
+    cdn: FakeCdn
+
+    def session(self, source_ip: str = "127.0.0.1") -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(ssl=False, local_addr=(source_ip, 0))
+        return aiohttp.ClientSession(self.front.url, connector=connector)
+
+
+@pytest.fixture
+async def stack(upstreams: dict[str, FakeUpstream], fake_cdn: FakeCdn,
+                tmp_path: Path) -> AsyncIterator[Stack]:
+    config = relay_config(upstreams, {"server": {"workers": 2},
+                                      "assets": {"cdn_url": fake_cdn.url}})
+    relay = RelayProcess(tmp_path, config)
+    await relay.start()
+    front = NginxFront(relay.port)
+    try:
+        await front.start()
+        yield Stack(relay, front, upstreams, fake_cdn)
+    finally:
+        front.stop()
+        await relay.stop()
+
+
+def test_shipped_config_passes_nginx_t() -> None:
+    front = NginxFront(relay_port=8080)
+    try:
+        front.prepare()
+        result = front.test_config()
+        assert result.returncode == 0, result.stderr
+        assert "test is successful" in result.stderr
+    finally:
+        front.stop()
+
+
+def test_cloudflare_variant_passes_nginx_t() -> None:
+    front = NginxFront(relay_port=8080)
+    try:
+        front.prepare()
+        server = front.conf / "mixpanel-proxy.conf"
+        server.write_text(server.read_text().replace("snippets/real-ip.conf",
+                                                     "snippets/real-ip-cloudflare.conf"))
+        result = front.test_config()
+        assert result.returncode == 0, result.stderr
+    finally:
+        front.stop()
+
+
+async def _track(session: aiohttp.ClientSession, insert_id: str,
+                 headers: dict[str, str] | None = None) -> tuple[int, str]:
+    body = browser_form([event("tok_any", **{"$insert_id": insert_id})])
+    async with session.post("/track/?ip=1&verbose=1", data=body,
+                            headers={**FORM, **(headers or {})}) as response:
+        return response.status, await response.text()
+
+
+def _received_from(upstream: FakeUpstream, insert_id: str) -> dict[str, str]:
+    for received in upstream.received:
+        if any(record["properties"]["$insert_id"] == insert_id for record in received.records()):
+            return received.headers
+    raise AssertionError(f"{insert_id} never reached the upstream")
+
+
+@pytest.mark.parametrize(("source_ip", "xff", "expected"), [
+    # A client straight at nginx: its own address, whatever it claims.
+    ("127.0.0.2", None, "127.0.0.2"),
+    ("127.0.0.2", "198.51.100.7", "127.0.0.2"),
+    # A trusted load balancer (loopback / private ranges in snippets/real-ip.conf) vouches.
+    ("127.0.0.1", "198.51.100.7", "198.51.100.7"),
+    ("127.0.0.1", "203.0.113.9, 10.1.2.3", "203.0.113.9"),
+    # What a client wrote left of the first untrusted hop is not believed.
+    ("127.0.0.1", "6.6.6.6, 203.0.113.9, 10.1.2.3", "203.0.113.9"),
+])
+async def test_client_ip_reaches_the_upstream(stack: Stack, source_ip: str, xff: str | None,
+                                              expected: str) -> None:
+    insert_id = f"ip-{source_ip}-{xff}".replace(" ", "")
+    headers = {"X-Forwarded-For": xff} if xff else {}
+    async with stack.session(source_ip) as session:
+        status, text = await _track(session, insert_id, headers)
+    assert status == 200, text + stack.front.errors()
+    received = _received_from(stack.upstreams["us"], insert_id)
+    assert received["X-Forwarded-For"] == expected
+    assert received["X-Real-IP"] == expected
+
+
+async def test_a_forged_cf_connecting_ip_does_not_reach_the_relay(stack: Stack) -> None:
+    async with stack.session("127.0.0.2") as session:
+        status, _ = await _track(session, "cf-forged", {"CF-Connecting-IP": "6.6.6.6"})
+    assert status == 200
+    received = _received_from(stack.upstreams["us"], "cf-forged")
+    assert received["X-Forwarded-For"] == "127.0.0.2"
+    assert "6.6.6.6" not in json.dumps(received)
+
+
+def _body_of_size(size: int) -> bytes:
+    """A valid track form of exactly `size` bytes: the event, then a padding field."""
+    head = browser_form([event("tok_any", **{"$insert_id": f"size-{size}"})]) + b"&pad="
+    assert len(head) < size
+    return head + b"x" * (size - len(head))
+
+
+@pytest.mark.parametrize("path", ["/track/", "/import", "/record/?format=body"])
+async def test_bodies_at_the_limit_pass_and_over_it_get_a_json_413(stack: Stack,
+                                                                   path: str) -> None:
+    endpoint = path.strip("/").split("/")[0].split("?")[0]
+    limit = DEFAULT_BODY_LIMITS[endpoint]
+    async with stack.session() as session:
+        async with session.post(path, data=_body_of_size(limit), headers=FORM) as response:
+            assert response.status == 200, await response.text()
+        assert [len(r.body) for r in stack.upstreams["us"].received] == [limit]
+        async with session.post(path, data=_body_of_size(limit + 1),
+                                headers={**FORM, "Origin": ORIGIN}) as response:
+            assert response.status == 413
+            assert response.headers["Content-Type"] == "application/json"
+            assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+            answer = await response.json()
+    assert answer["status"] == 0
+    assert f"{limit}-byte limit" in answer["error"]
+    assert len(stack.upstreams["us"].received) == 1   # the oversize body never left nginx
+
+
+@pytest.mark.parametrize(("path", "limit"), [
+    ("/engage/", DEFAULT_BODY_LIMITS["engage"]), ("/groups", DEFAULT_BODY_LIMITS["groups"]),
+    ("/flags/", DEFAULT_BODY_LIMITS["flags"]), ("/settings/", DEFAULT_BODY_LIMITS["settings"]),
+    ("/eu/track/", DEFAULT_BODY_LIMITS["track"]),
+])
+async def test_every_endpoint_limit_matches_the_relay(stack: Stack, path: str, limit: int) -> None:
+    async with stack.session() as session:
+        async with session.post(path, data=b"x" * (limit + 1), headers=FORM) as response:
+            assert response.status == 413
+            assert f"{limit}-byte limit" in (await response.json())["error"]
+    assert all(not fake.received for fake in stack.upstreams.values())
+
+
+async def test_metrics_and_status_are_refused_from_outside(stack: Stack) -> None:
+    async with stack.session() as session:
+        for path in ("/metrics", "/status", "//metrics", "/%6Detrics", "/./status"):
+            async with session.get(aiohttp.client.URL(stack.front.url + path, encoded=True)) \
+                    as response:
+                assert response.status == 404, path
+                assert (await response.json())["error"] == "no such endpoint"
+        async with session.get("/healthz") as response:
+            assert response.status == 200
+    async with aiohttp.ClientSession() as direct:   # the relay itself serves them on loopback
+        async with direct.get(f"{stack.relay.url}/metrics") as response:
+            assert response.status == 200
+
+
+async def test_libs_are_served_from_the_nginx_cache(stack: Stack) -> None:
+    hashed = next(name for name in stack.cdn.files if is_immutable(name)
+                  and name.endswith(".min.js"))
+    paths = ["/libs/mixpanel-2-latest.min.js", f"/libs/{hashed}", "/lib.min.js"]
+    bodies: dict[str, bytes] = {}
+    async with stack.session() as session:
+        for path in paths:
+            async with session.get(path) as response:
+                assert response.status == 200
+                assert response.headers["X-Cache-Status"] == "MISS"
+                assert "max-age=" in response.headers["Cache-Control"]
+                assert ("immutable" in response.headers["Cache-Control"]) == (hashed in path)
+                bodies[path] = await response.read()
+        fetched = stack.cdn.count()
+        # Stop the relay: whatever answers now can only be nginx's cache.
+        await stack.relay.stop()
+        for path in paths:
+            async with session.get(path) as response:
+                assert response.status == 200
+                assert response.headers["X-Cache-Status"] == "HIT"
+                assert await response.read() == bodies[path]
+        async with session.post("/track/", data=b"data=x", headers=FORM) as response:
+            assert response.status == 503        # the API is not cached: the relay is down
+            assert response.headers["Retry-After"] == "10"
+            assert (await response.json())["status"] == 0
+    assert stack.cdn.count() == fetched
+
+
+async def test_http_redirects_to_https_keeping_the_method(stack: Stack) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{stack.front.http_port}/track/",
+                                data=b"data=x", allow_redirects=False) as response:
+            assert response.status == 308
+            assert response.headers["Location"].startswith("https://")
+
+
+async def test_http2_is_offered() -> None:
+    """Checked with curl, which speaks HTTP/2 (Python's aiohttp client does not)."""
+    front = NginxFront(relay_port=9)       # nothing listens there: nginx answers a JSON 503
+    try:
+        await front.start()
+        result = subprocess.run(
+            ["curl", "-sk", "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+             f"{front.url}/track/"], capture_output=True, text=True, timeout=30)
+        assert result.stdout == "2 503", result.stderr
+    finally:
+        front.stop()

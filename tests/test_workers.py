@@ -1,0 +1,243 @@
+"""`[server] workers`: the relay as a real process tree (`python -m proxy serve`), reloaded with
+SIGHUP, stopped with SIGTERM, with workers killed under continuous traffic. The fake upstreams
+run in this process; every assertion is on what crossed the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import relay_config
+from tests.fakes import FakeUpstream
+from tests.helpers import FORM, browser_form, event
+from tests.processes import REPO, NginxFront, RelayProcess, eventually
+
+StartRelay = Callable[..., Awaitable[RelayProcess]]
+
+
+@pytest.fixture
+async def start_relay(upstreams: dict[str, FakeUpstream],
+                      tmp_path: Path) -> AsyncIterator[StartRelay]:
+    started: list[RelayProcess] = []
+
+    async def start(extra: dict[str, Any] | None = None) -> RelayProcess:
+        relay = RelayProcess(tmp_path, relay_config(upstreams, extra))
+        started.append(relay)
+        await relay.start()
+        return relay
+
+    yield start
+    for relay in started:
+        await relay.stop()
+
+
+@dataclass
+class Traffic:
+    """Clients sending tracked events back to back until stopped; every outcome is kept."""
+
+    session: aiohttp.ClientSession
+    clients: int = 4
+    outcomes: dict[str, str] = field(default_factory=dict)   # insert_id -> status or error
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._client(n)) for n in range(self.clients)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def _client(self, number: int) -> None:
+        sent = 0
+        while not self._stop.is_set():
+            insert_id = f"c{number}-{sent}"
+            sent += 1
+            body = browser_form([event("tok_any", **{"$insert_id": insert_id})])
+            try:
+                async with self.session.post("/track/?ip=1&verbose=1", data=body,
+                                             headers=FORM) as response:
+                    await response.read()
+                    self.outcomes[insert_id] = str(response.status)
+            except aiohttp.ClientError as exc:
+                self.outcomes[insert_id] = repr(exc)
+            await asyncio.sleep(0.005)
+
+    def failures(self) -> dict[str, str]:
+        return {key: value for key, value in self.outcomes.items() if value != "200"}
+
+
+def delivered(upstreams: dict[str, FakeUpstream]) -> set[str]:
+    return {record["properties"]["$insert_id"] for fake in upstreams.values()
+            for received in fake.received for record in received.records()}
+
+
+async def _new_workers(relay: RelayProcess, old: list[int], count: int) -> list[int]:
+    await eventually(lambda: len(relay.worker_pids()) == count
+                     and not set(relay.worker_pids()) & set(old), what="the new workers")
+    return relay.worker_pids()
+
+
+async def test_workers_share_one_listening_socket(start_relay: StartRelay) -> None:
+    relay = await start_relay({"server": {"workers": 3}})
+    pids = relay.worker_pids()
+    assert len(pids) == 3
+    inodes = {_listening_inode(pid, relay.port) for pid in pids}
+    assert len(inodes) == 1 and None not in inodes   # one socket, inherited by all three
+    async with aiohttp.ClientSession(relay.url) as session:
+        for _ in range(20):
+            async with session.get("/healthz") as response:
+                assert response.status == 200
+
+
+def _listening_inode(pid: int, port: int) -> str | None:
+    """The inode of `pid`'s socket listening on `port`, from /proc (state 0A is LISTEN)."""
+    socket_inodes = {os.readlink(fd.path)[8:-1] for fd in os.scandir(f"/proc/{pid}/fd")
+                     if os.readlink(fd.path).startswith("socket:[")}
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port \
+                and fields[9] in socket_inodes:
+            return fields[9]
+    return None
+
+
+async def test_a_dead_worker_is_replaced(start_relay: StartRelay) -> None:
+    relay = await start_relay({"server": {"workers": 2}})
+    victim, survivor = relay.worker_pids()
+    os.kill(victim, signal.SIGKILL)
+    await eventually(lambda: len(relay.worker_pids()) == 2 and victim not in relay.worker_pids(),
+                     what="a replacement worker")
+    assert survivor in relay.worker_pids()
+    assert f"worker {victim} was killed by signal 9" in relay.stderr
+    async with aiohttp.ClientSession(relay.url) as session:
+        async with session.get("/healthz") as response:
+            assert response.status == 200
+
+
+async def test_reload_applies_the_new_config_without_a_failed_request(
+        start_relay: StartRelay, upstreams: dict[str, FakeUpstream]) -> None:
+    relay = await start_relay({"server": {"workers": 2}})
+    old = relay.worker_pids()
+    # One connection per request: a keep-alive connection that a draining worker closes while
+    # a request is being written is the front's to retry (see the nginx test below).
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(relay.url, connector=connector) as session:
+        traffic = Traffic(session)
+        traffic.start()
+        await asyncio.sleep(0.5)
+        relay.write_config(relay_config(upstreams, {"server": {"workers": 3},
+                                                    "routing": {"default_region": "eu"}}))
+        await relay.reload()
+        await _new_workers(relay, old, 3)
+        await eventually(lambda: len(upstreams["eu"].received) >= 20, what="traffic to eu")
+        to_us = len(upstreams["us"].received)
+        await asyncio.sleep(0.3)
+        await traffic.stop()
+    assert traffic.failures() == {}
+    assert len(traffic.outcomes) > 50
+    assert len(upstreams["us"].received) == to_us      # the old generation is gone
+    assert set(traffic.outcomes) == delivered(upstreams)
+
+
+async def test_a_bad_config_is_refused_with_the_check_messages(
+        start_relay: StartRelay, upstreams: dict[str, FakeUpstream]) -> None:
+    relay = await start_relay({"server": {"workers": 2}})
+    workers = relay.worker_pids()
+    good = relay.config_path.read_text()
+    relay.config_path.write_text(good + '\nbogus = 1\n[cors]\nmax_age = "long"\n')
+    check = subprocess.run([sys.executable, "-m", "proxy", "check", "--config",
+                            str(relay.config_path)], capture_output=True, text=True, cwd=REPO)
+    assert check.returncode == 2
+    await relay.reload()
+    assert "reload refused" in relay.stderr
+    for problem in check.stderr.splitlines():
+        assert problem in relay.stderr
+    assert relay.worker_pids() == workers       # the old workers keep serving
+    async with aiohttp.ClientSession(relay.url) as session:
+        async with session.post("/track/", headers=FORM,
+                                data=browser_form([event("tok_any")])) as response:
+            assert response.status == 200
+    assert upstreams["us"].received
+
+
+@pytest.mark.nginx
+async def test_traffic_through_nginx_survives_reloads_and_dying_workers(
+        start_relay: StartRelay, upstreams: dict[str, FakeUpstream]) -> None:
+    relay = await start_relay({"server": {"workers": 2}})
+    front = NginxFront(relay.port)
+    await front.start()
+    try:
+        connector = aiohttp.TCPConnector(ssl=False)
+        async with aiohttp.ClientSession(front.url, connector=connector) as session:
+            traffic = Traffic(session)
+            traffic.start()
+            await asyncio.sleep(0.5)
+            old = relay.worker_pids()
+            await relay.reload()                          # SIGHUP: a whole new generation
+            workers = await _new_workers(relay, old, 2)
+            await asyncio.sleep(0.5)
+            os.kill(workers[0], signal.SIGKILL)           # a worker dies mid-traffic
+            await eventually(lambda: len(relay.worker_pids()) == 2
+                             and workers[0] not in relay.worker_pids(), what="a replacement")
+            await asyncio.sleep(0.5)
+            os.kill(workers[1], signal.SIGTERM)           # a worker drains and is replaced
+            await eventually(lambda: len(relay.worker_pids()) == 2
+                             and workers[1] not in relay.worker_pids(), what="a replacement")
+            await asyncio.sleep(0.5)
+            await traffic.stop()
+    finally:
+        front.stop()
+    assert traffic.failures() == {}
+    assert len(traffic.outcomes) > 50
+    assert set(traffic.outcomes) <= delivered(upstreams)
+
+
+async def test_sigterm_finishes_in_flight_requests_then_exits_0(
+        start_relay: StartRelay, upstreams: dict[str, FakeUpstream]) -> None:
+    relay = await start_relay({"server": {"workers": 2, "shutdown_timeout": 10}})
+    upstreams["us"].delay = 1.5
+    async with aiohttp.ClientSession(relay.url) as session:
+        requests = [asyncio.create_task(_post_track(session, f"slow-{n}")) for n in range(6)]
+        await eventually(lambda: len(upstreams["us"].received) == 6, what="requests in flight")
+        relay.send(signal.SIGTERM)
+        statuses = await asyncio.gather(*requests)
+    assert statuses == [200] * 6
+    assert await relay.wait() == 0
+    assert "stopped" in relay.stderr
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", relay.port)
+
+
+async def test_sigterm_waits_no_longer_than_shutdown_timeout(
+        start_relay: StartRelay, upstreams: dict[str, FakeUpstream]) -> None:
+    relay = await start_relay({"server": {"workers": 1, "shutdown_timeout": 0.5},
+                               "upstream": {"read_timeout": 30.0}})
+    upstreams["us"].delay = 4
+    async with aiohttp.ClientSession(relay.url) as session:
+        request = asyncio.create_task(_post_track(session, "too-slow"))
+        await eventually(lambda: len(upstreams["us"].received) == 1, what="a request in flight")
+        started = asyncio.get_running_loop().time()
+        relay.send(signal.SIGTERM)
+        assert await relay.wait(timeout=10) == 0
+        assert asyncio.get_running_loop().time() - started < 5
+        with pytest.raises(aiohttp.ClientError):
+            await request
+
+
+async def _post_track(session: aiohttp.ClientSession, insert_id: str) -> int:
+    body = browser_form([event("tok_any", **{"$insert_id": insert_id})])
+    async with session.post("/track/", data=body, headers=FORM) as response:
+        await response.read()
+        return response.status
