@@ -53,7 +53,8 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     if config.spool.enabled:   # after the session: drainers send through it, and stop before it
         app.cleanup_ctx.append(spool.lifespan)
     install_ops(app, config, metrics, health, upstream)   # /healthz /readyz /metrics /status
-    add_assets(app, config, upstream, metrics)   # before the catch-all, which would take /libs/
+    # Before the catch-all, which would take /libs/; after install_ops (the status board).
+    add_assets(app, config, upstream, metrics)
     app.router.add_route("*", "/{tail:.*}", relay.handle)
     return app
 

@@ -121,3 +121,20 @@ def test_assets_config_defaults_and_errors() -> None:
     for key in ("assets.cdn_url", "assets.path", "assets.prefetch", "assets.ttl",
                 "assets.bogus", "assets.public_url", "assets.brotli_quality"):
         assert key in problems
+
+
+def test_snapshot_for_the_status_page_does_not_reorder_eviction() -> None:
+    from dataclasses import replace
+
+    from proxy.assets.cache import AssetCache
+
+    evicted: list[str] = []
+    first = replace(_asset(False, 0.0), name="a.js")
+    size = first.size
+    cache = AssetCache(max_bytes=2 * size, on_evict=evicted.append)
+    cache.put(first)
+    cache.put(replace(first, name="b.js"))
+    assert cache.get("a.js") is not None        # a.js used: b.js is now the least recent
+    assert sorted(asset.name for asset in cache.snapshot()) == ["a.js", "b.js"]
+    cache.put(replace(first, name="c.js"))      # a snapshot that counted as use would evict a.js
+    assert evicted == ["b.js"]

@@ -3,10 +3,14 @@ first-party from a cache that never serves a broken file. `add_assets` wires it 
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
 from ..config import Config
 from ..metrics import Metrics
+from ..ops import STATUS_BOARD_KEY
+from ..status import asset_rows
 from ..upstream import UpstreamClient
 from .handler import AssetHandler
 from .service import AssetService
@@ -24,6 +28,8 @@ def add_assets(app: web.Application, config: Config, upstream: UpstreamClient,
         return
     service = AssetService(config.assets, upstream, metrics, api_host=public_api_host(config))
     app[ASSETS_KEY] = service
+    app[STATUS_BOARD_KEY].add_panel(
+        "Asset cache", lambda: asset_rows(service.cached(), time.time()))
     app.cleanup_ctx.append(service.lifecycle)
     AssetHandler(service, config.assets, metrics).add_routes(app.router)
 

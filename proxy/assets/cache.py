@@ -8,7 +8,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from cachetools import LRUCache
+from cachetools import Cache, LRUCache
 
 from .encoding import Coding
 
@@ -121,3 +121,8 @@ class AssetCache:
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
+
+    def snapshot(self) -> list[CachedAsset]:
+        """Every cached version, for the status page. Cache.__getitem__ is called directly:
+        LRUCache's own would count each look as a use and reorder the eviction queue."""
+        return [Cache.__getitem__(self._entries, name) for name in list(self._entries)]

@@ -67,6 +67,9 @@ class AssetService:
         metrics.asset_cache_bytes.set_function(lambda: self._cache.bytes_held)
         metrics.asset_cache_entries.set_function(lambda: len(self._cache))
 
+    def cached(self) -> list[CachedAsset]:
+        return self._cache.snapshot()
+
     async def get(self, name: str) -> CachedAsset:
         """The copy to serve for `name`; BrokenAsset when the CDN failed and none is usable."""
         held = self._cache.get(name)
