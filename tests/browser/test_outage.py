@@ -1,5 +1,7 @@
 """Scenario 6: the upstream is down for a while, then back. The relay answers 503 while it is
-down, the SDK keeps its batches and retries, and every event arrives once the upstream returns."""
+down, the SDK keeps its batches and retries, and every event arrives once the upstream returns.
+A replay batch refused with Retry-After is resent when the answer says, which only works if the
+relay exposes that header to cross-origin scripts."""
 
 from __future__ import annotations
 
@@ -7,8 +9,18 @@ import pytest
 from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser
 
-from tests.browser.harness import Site, eventually, open_tab, records, snippet_page
-from tests.conftest import US_TOKEN
+from tests.browser.harness import (
+    Site,
+    calls,
+    eventually,
+    open_tab,
+    query,
+    records,
+    replay_id_once_recording,
+    rrweb_events,
+    snippet_page,
+)
+from tests.conftest import IN_TOKEN, US_TOKEN
 from tests.fakes import FakeUpstream
 
 pytestmark = pytest.mark.browser
@@ -49,4 +61,35 @@ async def test_events_tracked_while_the_upstream_is_down_all_arrive(
 
     assert set(tab.statuses("/track")) == {200, 503}
     assert any(r.get("$set", {}).get("outage") is True for r in records(us, "engage"))
+    assert tab.cors_errors() == []
+
+
+async def test_a_refused_replay_batch_is_resent_when_retry_after_says(
+        browser: Browser, site: Site, relay: str, upstreams: dict[str, FakeUpstream]) -> None:
+    india = upstreams["in"]
+    india.answer(429, {"error": "rate limited"}, {"Retry-After": "1"})
+    tab = await open_tab(browser)
+    options = {"batch_flush_interval_ms": 100, "record_sessions_percent": 100}
+    await tab.goto_and_wait_loaded(site.add(snippet_page(relay, IN_TOKEN, options)))
+    replay_id = await replay_id_once_recording(tab)
+    await tab.page.click("#buy")
+    await tab.page.wait_for_timeout(400)   # past the recorder's 250 ms enqueue throttle
+    # Pausing flushes at once (429) but stops the batcher; resuming flushes again (429), and
+    # that refusal is the one whose Retry-After schedules the next attempt.
+    await tab.evaluate("() => mixpanel.pause_session_recording()")
+    await tab.evaluate("() => mixpanel.resume_session_recording()")
+    await eventually(lambda: len(calls(india, "record")) >= 2, "two refused /record attempts")
+    india.answer(200)
+    await eventually(lambda: len(calls(india, "record")) >= 3, "the batch resent after Retry-After")
+    batches = calls(india, "record")
+
+    # The SDK's own backoff would be 20 s (twice its 10 s replay interval); 1 s means it read
+    # Retry-After, which a cross-origin fetch sees only through Access-Control-Expose-Headers.
+    gap = batches[2].at - batches[1].at
+    assert 0.9 <= gap < 10, gap
+    assert {query(b)["seq"] for b in batches[:3]} == {"0"}
+    assert {query(b)["replay_id"] for b in batches} == {replay_id}
+    assert 2 in {event["type"] for event in rrweb_events(batches[2])}   # the full snapshot
+    await eventually(lambda: 200 in tab.statuses("/record"), "the accepted batch's answer")
+    assert tab.statuses("/record")[:3] == [429, 429, 200]
     assert tab.cors_errors() == []
