@@ -26,6 +26,9 @@ log = logging.getLogger("mixpanel_proxy.worker")
 
 EXIT_STARTUP_FAILED = 3
 DRAIN_GRACE = 0.5          # at most; never more than half of shutdown_timeout
+# aiohttp's AppRunner keeps idle connections, and ones still sending their headers (slowloris),
+# for 3630 s unless told; nginx/relay-upstream.conf counts on 75 s (its own 60 s is below it).
+KEEPALIVE_TIMEOUT = 75.0
 _PARENT_POLL_SECONDS = 1.0
 
 
@@ -74,6 +77,7 @@ async def _serve(config: Config, sock: socket.socket, ready_fd: int, parent_pid:
     app = create_app(config)
     app.on_response_prepare.append(draining.on_response_prepare)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           keepalive_timeout=KEEPALIVE_TIMEOUT,
                            shutdown_timeout=config.server.shutdown_timeout - grace)
     try:
         await runner.setup()

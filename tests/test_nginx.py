@@ -5,14 +5,17 @@ the operator endpoints, HTTP/2, and `nginx -t`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from proxy.assets.names import is_immutable
 from proxy.endpoints import DEFAULT_BODY_LIMITS
@@ -168,8 +171,7 @@ async def test_every_endpoint_limit_matches_the_relay(stack: Stack, path: str, l
 async def test_metrics_and_status_are_refused_from_outside(stack: Stack) -> None:
     async with stack.session() as session:
         for path in ("/metrics", "/status", "//metrics", "/%6Detrics", "/./status"):
-            async with session.get(aiohttp.client.URL(stack.front.url + path, encoded=True)) \
-                    as response:
+            async with session.get(URL(stack.front.url + path, encoded=True)) as response:
                 assert response.status == 404, path
                 assert (await response.json())["error"] == "no such endpoint"
         async with session.get("/healthz") as response:
@@ -213,6 +215,8 @@ async def test_http_redirects_to_https_keeping_the_method(stack: Stack) -> None:
                                 data=b"data=x", allow_redirects=False) as response:
             assert response.status == 308
             assert response.headers["Location"].startswith("https://")
+        async with session.get(f"http://127.0.0.1:{stack.front.http_port}/healthz") as response:
+            assert response.status == 200               # for plain-HTTP health checks
 
 
 async def test_http2_is_offered() -> None:
@@ -226,3 +230,30 @@ async def test_http2_is_offered() -> None:
         assert result.stdout == "2 503", result.stderr
     finally:
         front.stop()
+
+
+async def test_rate_limit_is_per_client_ip_and_answers_a_json_429(stack: Stack) -> None:
+    refusals: list[tuple[dict[str, str], Any]] = []
+
+    async def one(session: aiohttp.ClientSession, client: str | None) -> int:
+        headers = {"X-Forwarded-For": client, "Origin": ORIGIN} if client else {}
+        async with session.get("/no-such-endpoint", headers=headers) as response:
+            if response.status == 429:
+                refusals.append((dict(response.headers), await response.json()))
+            await response.read()
+            return response.status
+
+    async with stack.session() as session:
+        started = asyncio.get_running_loop().time()
+        statuses = await asyncio.gather(*(one(session, "198.51.100.50") for _ in range(1000)))
+        elapsed = asyncio.get_running_loop().time() - started
+        admitted = statuses.count(404)            # reached the relay, which knows no such path
+        # snippets/api.conf: a burst of 400, then 100 per second.
+        assert 400 <= admitted <= 401 + 100 * elapsed + 1
+        assert statuses.count(429) == len(refusals) == 1000 - admitted
+        headers, answer = refusals[0]
+        assert headers["Retry-After"] == "5"
+        assert headers["Access-Control-Allow-Origin"] == ORIGIN
+        assert answer["error"].startswith("rate limit")
+        assert await one(session, "198.51.100.51") == 404   # another client is not limited
+        assert await one(session, None) == 404              # nor loopback (server SDKs, probes)

@@ -6,10 +6,13 @@ run in this process; every assertion is on what crossed the wire.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from proxy.config import ConfigError, parse_config
 from tests.conftest import relay_config
 from tests.fakes import FakeUpstream
 from tests.helpers import FORM, browser_form, event
@@ -95,6 +99,9 @@ async def test_workers_share_one_listening_socket(start_relay: StartRelay) -> No
     assert len(pids) == 3
     inodes = {_listening_inode(pid, relay.port) for pid in pids}
     assert len(inodes) == 1 and None not in inodes   # one socket, inherited by all three
+    if importlib.util.find_spec("uvloop") is not None:   # the [speed] extra: workers run on it
+        assert all("uvloop" in Path(f"/proc/{pid}/maps").read_text() for pid in pids)
+        assert "uvloop" not in Path(f"/proc/{relay.pid}/maps").read_text()
     async with aiohttp.ClientSession(relay.url) as session:
         for _ in range(20):
             async with session.get("/healthz") as response:
@@ -236,8 +243,72 @@ async def test_sigterm_waits_no_longer_than_shutdown_timeout(
             await request
 
 
-async def _post_track(session: aiohttp.ClientSession, insert_id: str) -> int:
-    body = browser_form([event("tok_any", **{"$insert_id": insert_id})])
+async def _post_track(session: aiohttp.ClientSession, insert_id: str,
+                      at: float = 1764330000.0) -> int:
+    body = browser_form([event("tok_any", time=at, **{"$insert_id": insert_id})])
     async with session.post("/track/", data=body, headers=FORM) as response:
         await response.read()
         return response.status
+
+
+def test_a_separate_metrics_listener_needs_a_single_worker() -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"server": {"workers": 2}, "metrics": {"listen": "127.0.0.1:9090"}})
+    assert any(problem.startswith("metrics.listen: ") for problem in refused.value.problems)
+
+
+async def test_workers_that_cannot_start_stop_the_relay_with_exit_1(
+        upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
+    with socket.socket() as busy:           # the metrics port is taken: a worker cannot start
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        relay = RelayProcess(tmp_path, relay_config(
+            upstreams, {"metrics": {"listen": f"127.0.0.1:{port}"}}))
+        with pytest.raises(AssertionError, match="relay did not start"):
+            await relay.start()
+        assert await relay.wait() == 1
+    assert "could not start its workers" in relay.stderr
+    assert "listening on" not in relay.stdout
+
+
+async def test_a_reload_whose_workers_cannot_start_keeps_the_old_ones(
+        start_relay: StartRelay, upstreams: dict[str, FakeUpstream]) -> None:
+    relay = await start_relay({"server": {"workers": 1}})
+    workers = relay.worker_pids()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        relay.write_config(relay_config(upstreams, {"metrics": {
+            "listen": f"127.0.0.1:{busy.getsockname()[1]}"}}))
+        relay.send(signal.SIGHUP)
+        await eventually(lambda: "reload abandoned" in relay.stderr, what="the reload to fail")
+    assert relay.worker_pids() == workers
+    async with aiohttp.ClientSession(relay.url) as session:
+        async with session.get("/metrics") as response:   # still the old config's listener
+            assert response.status == 200
+
+
+async def test_what_was_accepted_before_sigterm_is_delivered_after_the_restart(
+        start_relay: StartRelay, upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
+    spool = {"enabled": True, "mode": "always", "path": str(tmp_path / "spool.db"),
+             "poll_interval": 0.2, "backoff_min": 0.1, "backoff_max": 0.2}
+    upstreams["us"].answer(503)                 # Mixpanel is down: everything stays spooled
+    relay = await start_relay({"server": {"workers": 2}, "spool": spool})
+    async with aiohttp.ClientSession(relay.url) as session:
+        # Events of now: the spool keeps /track events only within Mixpanel's 5-day window.
+        statuses = [await _post_track(session, f"kept-{n}", time.time()) for n in range(10)]
+    assert statuses == [200] * 10
+    relay.send(signal.SIGTERM)
+    assert await relay.wait() == 0              # the app's cleanup closed the spool cleanly
+    upstreams["us"].answer(200)
+    upstreams["us"].clear()
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    second = RelayProcess(second_dir, relay_config(upstreams, {"spool": spool}))
+    await second.start()
+    try:
+        wanted = {f"kept-{n}" for n in range(10)}
+        await eventually(lambda: wanted <= delivered(upstreams), what="the spooled events")
+    finally:
+        await second.stop()
