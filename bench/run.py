@@ -4,14 +4,19 @@ One invocation runs every scenario, alternating the contenders round by round so
 neighbour hurts all of them alike, and reports req/s, p50/p99 latency, CPU per request and the
 relay/nginx ratios as a markdown table and JSON. Loopback only; every wrk run is bounded in time.
 
-    python bench/run.py [--duration 8] [--rounds 2] [--workers 2] [--only track,record]
+    python bench/run.py [--duration 8] [--rounds 2] [--workers 2] [--only track,record,bundle]
 
-The fake upstream is nginx itself (a `return 200`), so the upstream is never the bottleneck.
+Contenders: `nginx` (plain proxy_pass with keep-alive; for the bundle, the same bytes served
+statically, pre-compressed with brotli), `relay` (the relay alone, plain HTTP), and `front` (the
+shipped nginx/ config, adapted only in ports and paths as the tests do, over TLS, in front of the
+relay). The fake upstream and the fake CDN are a separate nginx, so the upstream is never the
+bottleneck and its CPU is never counted.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import gzip
 import json
@@ -32,6 +37,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+DIST = ROOT / "tests/js/node_modules/mixpanel-browser/dist"
+BUNDLE = "mixpanel-recorder-CZqK2y7C.min.js"      # the 340 KB recorder, content-hashed
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -112,21 +120,28 @@ http {{
 
 
 def fake_upstream_servers(port: int) -> str:
+    """The fake Mixpanel API, and the fake CDN serving the npm package's bundles under /libs/."""
     return f"""
   server {{
     listen 127.0.0.1:{port} reuseport;
     client_max_body_size 20m;
     client_body_buffer_size 1m;
+    location /libs/ {{ alias {DIST}/async-modules/; default_type application/javascript; }}
     location / {{ default_type application/json; return 200 '{UPSTREAM_BODY}'; }}
   }}"""
 
 
-def proxy_pass_servers(port: int, upstream_port: int, static_dir: Path) -> str:
-    """The baseline: plain proxy_pass with keep-alive, and the same bundle served statically."""
+def proxy_pass_servers(port: int, upstream_port: int, static_dir: Path, tls_port: int,
+                       tls: Path) -> str:
+    """The baseline: plain proxy_pass with keep-alive, and the same bundle served statically;
+    on plain HTTP, and on TLS (HTTP/1.1, the same certificate) to set beside the TLS front."""
     return f"""
   upstream fake {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port} reuseport;
+    listen 127.0.0.1:{tls_port} ssl reuseport;
+    ssl_certificate {tls}/fullchain.pem;
+    ssl_certificate_key {tls}/privkey.pem;
     client_max_body_size 20m;
     client_body_buffer_size 1m;   # in memory, as the relay holds bodies: a like-for-like baseline
     location /static/ {{
@@ -166,6 +181,13 @@ def relay(workdir: Path, port: int, upstream_port: int, workers: int) -> Iterato
 [server]
 listen = "127.0.0.1:{port}"
 workers = {workers}
+[log]
+access = false
+[health]
+probe_interval = 0
+[assets]
+cdn_url = "{upstream}/libs/"
+prefetch = ["{BUNDLE}"]
 [regions.us]
 url = "{upstream}"
 [regions.eu]
@@ -178,10 +200,41 @@ url = "{upstream}"
                                 "relay.log").open("w"))
     try:
         wait_for(f"http://127.0.0.1:{port}/healthz")
+        wait_for(f"http://127.0.0.1:{port}/libs/{BUNDLE}")
         yield proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@contextmanager
+def front(relay_port: int) -> Iterator[tuple[int, int]]:
+    """The shipped nginx front (tests/processes.py adapts ports and paths): (https port, pid)."""
+    from tests.processes import NginxFront
+
+    nginx_front = NginxFront(relay_port)
+    asyncio.run(nginx_front.start())
+    try:
+        assert nginx_front.process is not None
+        yield nginx_front.https_port, nginx_front.process.pid
+    finally:
+        nginx_front.stop()
+
+
+def make_certificate(directory: Path) -> Path:
+    """The same self-signed certificate the shipped nginx/self-signed.sh makes."""
+    subprocess.run([str(ROOT / "nginx" / "self-signed.sh"), str(directory)], check=True,
+                   capture_output=True)
+    return directory
+
+
+def bundle_files(static: Path) -> int:
+    """The recorder pre-compressed with brotli for nginx's static baseline; returns its size."""
+    import brotli
+
+    compressed = brotli.compress((DIST / "async-modules" / BUNDLE).read_bytes(), quality=11)
+    (static / BUNDLE).write_bytes(compressed)
+    return len(compressed)
 
 
 def track_body() -> bytes:
@@ -250,23 +303,43 @@ def measure(scenario: str, contender: str, url: str, script: Path, connections: 
                   round(stats["rate"] * body_size / 1e6, 1))
 
 
-SCENARIOS = {
-    # name: (method, path, content type, body maker, connections)
-    "track": ("POST", "/track/?verbose=1&ip=1&_=1764330000123",
-              "application/x-www-form-urlencoded", track_body, 50),
-    "track_c10": ("POST", "/track/?verbose=1&ip=1&_=1764330000123",
-                  "application/x-www-form-urlencoded", track_body, 10),
-    "record": ("POST", "/record/?format=gzip&seq=0&replay_id=r&mp_lib=web",
-               "application/octet-stream", record_body, 50),
-}
+@dataclass(frozen=True)
+class Scenario:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes | None
+    connections: int
+    nginx_path: str | None = None       # where the nginx baseline serves the same thing
+    size: int = 0                       # payload bytes per request, for MB/s
+
+
+def scenarios(static: Path) -> dict[str, Scenario]:
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    track = "/track/?verbose=1&ip=1&_=1764330000123"
+    track_batch, replay = track_body(), record_body()
+    return {
+        "track": Scenario("POST", track, form, track_batch, 50, size=len(track_batch)),
+        "track_c10": Scenario("POST", track, form, track_batch, 10, size=len(track_batch)),
+        "record": Scenario("POST", "/record/?format=gzip&seq=0&replay_id=r&mp_lib=web",
+                           {"Content-Type": "application/octet-stream"}, replay, 50,
+                           size=len(replay)),
+        "bundle": Scenario("GET", f"/libs/{BUNDLE}", {"Accept-Encoding": "br"}, None, 50,
+                           nginx_path=f"/static/{BUNDLE}", size=bundle_files(static)),
+    }
+
+
+# Each contender is set beside the nginx that speaks the same protocol: the TLS front beside nginx
+# on TLS, the rest beside plain nginx.
+BASELINE = {"front": "nginx_tls", "nginx_tls": "nginx_tls"}
 
 
 def markdown(results: list[Result]) -> str:
     lines = ["| scenario | contender | req/s | p50 ms | p99 ms | CPU µs/req | MB/s | errors "
-             "| req/s vs nginx | CPU vs nginx |", "|---" * 10 + "|"]
-    base = {r.scenario: r for r in results if r.contender == "nginx"}
+             "| req/s vs baseline | CPU vs baseline |", "|---" * 10 + "|"]
+    base = {(r.scenario, r.contender): r for r in results}
     for r in results:
-        b = base.get(r.scenario)
+        b = base.get((r.scenario, BASELINE.get(r.contender, "nginx")))
         ratio = f"{r.requests_per_s / b.requests_per_s:.2f}×" if b and b.requests_per_s else "—"
         cpu = (f"{r.cpu_us_per_request / b.cpu_us_per_request:.1f}×"
                if b and b.cpu_us_per_request else "—")
@@ -274,6 +347,21 @@ def markdown(results: list[Result]) -> str:
                      f"| {r.p99_ms:.2f} | {r.cpu_us_per_request:.0f} | {r.mb_per_s:.1f} "
                      f"| {r.errors} | {ratio} | {cpu} |")
     return "\n".join(lines)
+
+
+def run_scenario(name: str, scenario: Scenario, contenders: dict[str, tuple[str, list[int]]],
+                 work: Path, args: argparse.Namespace) -> list[Result]:
+    """Every contender, round by round (alternating), the median run of each."""
+    script = wrk_script(work, name, scenario.method, scenario.body, scenario.headers)
+    runs: dict[str, list[Result]] = {contender: [] for contender in contenders}
+    for _ in range(args.rounds):
+        for contender, (base, pids) in contenders.items():
+            path = scenario.nginx_path if contender == "nginx" and scenario.nginx_path \
+                else scenario.path
+            runs[contender].append(measure(name, contender, base + path, script,
+                                           scenario.connections, args.duration, pids,
+                                           scenario.size))
+    return [median_result(r) for r in runs.values()]
 
 
 def median_result(runs: list[Result]) -> Result:
@@ -289,33 +377,36 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", default=",".join(SCENARIOS))
+    parser.add_argument("--only", default="track,track_c10,record,bundle")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
-    ports = {name: free_port() for name in ("upstream", "nginx", "relay")}
+    ports = {name: free_port() for name in ("upstream", "nginx", "nginx_tls", "relay")}
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        work.chmod(0o755)          # nginx's unprivileged workers read the static files here
         static = work / "static"
         static.mkdir()
+        plan = scenarios(static)
+        tls = make_certificate(work / "tls")
         with nginx(work / "up", fake_upstream_servers(ports["upstream"]),
                    f"http://127.0.0.1:{ports['upstream']}/") as _up, \
-             nginx(work / "px", proxy_pass_servers(ports["nginx"], ports["upstream"], static),
+             nginx(work / "px", proxy_pass_servers(ports["nginx"], ports["upstream"], static,
+                                                   ports["nginx_tls"], tls),
                    f"http://127.0.0.1:{ports['nginx']}/") as nginx_pid, \
-             relay(work, ports["relay"], ports["upstream"], args.workers) as relay_pid:
-            contenders = {"nginx": (ports["nginx"], process_tree(nginx_pid)),
-                          "relay": (ports["relay"], process_tree(relay_pid))}
+             relay(work, ports["relay"], ports["upstream"], args.workers) as relay_pid, \
+             front(ports["relay"]) as (front_port, front_pid):
+            relay_pids = process_tree(relay_pid)
+            nginx_pids = process_tree(nginx_pid)
+            contenders = {
+                "nginx": (f"http://127.0.0.1:{ports['nginx']}", nginx_pids),
+                "nginx_tls": (f"https://127.0.0.1:{ports['nginx_tls']}", nginx_pids),
+                "relay": (f"http://127.0.0.1:{ports['relay']}", relay_pids),
+                "front": (f"https://127.0.0.1:{front_port}",
+                          relay_pids + process_tree(front_pid)),
+            }
             for name in args.only.split(","):
-                method, path, ctype, maker, conns = SCENARIOS[name]
-                body = maker()
-                script = wrk_script(work, name, method, body, {"Content-Type": ctype})
-                runs: dict[str, list[Result]] = {c: [] for c in contenders}
-                for _ in range(args.rounds):
-                    for contender, (port, pids) in contenders.items():
-                        runs[contender].append(measure(
-                            name, contender, f"http://127.0.0.1:{port}{path}", script, conns,
-                            args.duration, pids, len(body)))
-                results += [median_result(r) for r in runs.values()]
+                results += run_scenario(name, plan[name], contenders, work, args)
     table = markdown(results)
     print(table)
     out = Path(args.out)
