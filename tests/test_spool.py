@@ -3,6 +3,7 @@ the upstream finally receives (byte for byte), and what goes to dead letter."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -104,14 +105,20 @@ async def test_down_then_back_delivers_byte_identical(
     assert [(row["endpoint"], bytes(row["body"])) for row in rows] == [
         (target.split("/")[1], body) for target, body, _, _ in REQUESTS]
     assert sample(registry, "mixpanel_proxy_spool_entries", region="us") == len(REQUESTS)
+    assert sample(registry, "mixpanel_proxy_spool_oldest_age_seconds", region="us") > 0
+    assert sample(registry, "mixpanel_proxy_spool_bytes", kind="live") > sum(
+        len(body) for _, body, _, _ in REQUESTS)
 
     await bring_up(us, port)
     await eventually(lambda: len(us.received) >= len(REQUESTS), what="the drain")
     await eventually(lambda: not on_disk(tmp_path), what="an empty spool")
     assert [wire(received) for received in us.received] == reference
-    assert sample(registry, "mixpanel_proxy_spool_delivered_total", region="us") == len(REQUESTS)
+    await eventually(lambda: sample(registry, "mixpanel_proxy_spool_delivered_total",
+                                    region="us") == len(REQUESTS), what="the delivered count")
     assert sample(registry, "mixpanel_proxy_spool_entries", region="us") == 0
     assert sample(registry, "mixpanel_proxy_spool_bytes", kind="live") == 0
+    await eventually(lambda: sample(registry, "mixpanel_proxy_spool_oldest_age_seconds",
+                                    region="us") == 0, what="no oldest entry")
 
 
 async def test_final_answers_and_read_endpoints_are_not_stored(
@@ -159,10 +166,11 @@ async def test_400_goes_to_dead_letter_with_the_answer(
     assert dead[0]["status"] == 400
     assert json.loads(dead[0]["answer"]) == {"status": 0, "error": "invalid data"}
     assert not on_disk(tmp_path)
-    time.sleep(0.3)             # several backoff periods: a 400 is never sent again
+    await asyncio.sleep(0.3)    # several backoff periods: a 400 is never sent again
     assert len(us.received) == 1
     assert sample(registry, "mixpanel_proxy_spool_dead_lettered_total", region="us",
                   cause="upstream_4xx") == 1
+    assert sample(registry, "mixpanel_proxy_spool_dead_entries") == 1
 
 
 async def test_track_older_than_five_days_goes_to_dead_letter(
@@ -172,15 +180,19 @@ async def test_track_older_than_five_days_goes_to_dead_letter(
     port = await take_down(us)
     stale = event(US_TOKEN, time=time.time() - 6 * 86400)
     fresh = event(US_TOKEN, time=(time.time() - 3600) * 1000)    # milliseconds are understood
-    for payload in (stale, fresh):
+    big_stale = [event(US_TOKEN, f"e{n}", pad="x" * 400, time=time.time() - 6 * 86400)
+                 for n in range(300)]                           # > 64 KiB: checked off the loop
+    for payload in (stale, fresh, big_stale):
         assert (await client.post("/track/", data=browser_form(payload), headers=FORM)
                 ).status == 200
     await bring_up(us, port)
     await eventually(lambda: len(us.received) == 1 and not on_disk(tmp_path), what="the drain")
     assert us.received[0].records()[0]["properties"]["time"] == fresh["properties"]["time"]
     dead = on_disk(tmp_path, "dead")
-    assert len(dead) == 1 and dead[0]["status"] == 0
-    assert "older than Mixpanel's 432000-second /track window" in dead[0]["reason"]
+    assert [row["status"] for row in dead] == [0, 0]
+    reasons = sorted(row["reason"] for row in dead)
+    assert reasons[0].startswith("1 event(s) older than Mixpanel's 432000-second /track window")
+    assert reasons[1].startswith("300 event(s) older")
 
 
 async def test_full_spool_answers_503_with_retry_after(

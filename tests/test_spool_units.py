@@ -54,7 +54,8 @@ def test_track_window_counts_seconds_and_milliseconds_in_any_encoding() -> None:
 
 def test_lanes_and_projects() -> None:
     record = entry("record", b"\x1f\x8b", {"Authorization": basic(US_TOKEN)})
-    assert project_of("record", record.headers, b"", record.body) == US_TOKEN
+    assert project_of("record", record.headers, b"seq=3&replay_id=r-9&format=gzip",
+                      record.body) == f"{US_TOKEN}/r-9"
     engage = python_sdk_form([{"$token": US_TOKEN, "$distinct_id": "u", "$set": {"a": 1}}])
     assert project_of("engage", {}, b"", engage) == US_TOKEN
     assert project_of("track", {}, b"", browser_form(event(US_TOKEN))) == ""

@@ -3,6 +3,11 @@
 Off unless `enabled = true`, because it writes a file. `mode` chooses when requests are stored:
 `on_failure` (forward first, store when the upstream cannot take them), `always` (store first,
 forward in the background) or `off` (store nothing new, but keep draining what is on disk).
+
+/record is spooled by default: its success answer (on which the recorder advances `seq`) comes
+only once the batch is durably on disk, and the drainer replays it byte for byte, in `seq` order
+per project, so an early 200 hides no loss. Drop it from `endpoints` to leave replay uploads to
+the recorder's own retries (503 while the upstream fails).
 """
 
 from __future__ import annotations

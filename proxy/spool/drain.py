@@ -25,6 +25,7 @@ from .entry import Refusal, SpoolEntry, is_retryable, refusal_in_success, stale_
 from .store import SpoolStore
 
 log = logging.getLogger("mixpanel_proxy.spool")
+_INLINE_DECODE = 64 * 1024     # bytes of /track body checked on the loop; bigger: in a thread
 
 
 class Ledger(Protocol):
@@ -157,7 +158,10 @@ class Drainer:
 
     async def _deliver(self, entry: SpoolEntry) -> bool:
         """Send one entry; True when it has left the queue (delivered or buried)."""
-        stale = stale_track_records(entry, time.time(), self._config.track_max_age)
+        check = (entry, time.time(), self._config.track_max_age)
+        # Decoding a big batch would stall every request on this loop: a thread does it.
+        stale = (await asyncio.to_thread(stale_track_records, *check)
+                 if len(entry.body) > _INLINE_DECODE else stale_track_records(*check))
         if stale:
             return await self._bury(entry, "track_window", Refusal(
                 f"{stale} event(s) older than Mixpanel's {self._config.track_max_age:.0f}-second "

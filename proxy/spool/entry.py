@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..codec import CodecError, decode_data, extract_data, inflate
+from ..codec import CodecError, decode_data, extract_data, form_field, inflate
 from ..routing import basic_auth_user, record_token
 
 # Endpoints whose order matters at Mixpanel: profile and group updates apply in arrival order
@@ -31,7 +31,7 @@ class SpoolEntry:
     query: bytes              # the raw query string, without "?"
     headers: dict[str, str]   # the headers the relay forwards (allow-listed, client IP added)
     body: bytes
-    project: str = ""         # the project token when routing knew it: the ordering key
+    project: str = ""         # the lane key: project token (+ replay id for /record), or ""
     created_at: float = 0.0   # unix time the relay accepted it
     id: int = 0               # the row id once stored
     attempts: int = 0
@@ -105,11 +105,14 @@ def stale_track_records(entry: SpoolEntry, now: float, max_age: float) -> int:
 
 
 def project_of(endpoint: str, headers: dict[str, str], query: bytes, body: bytes) -> str:
-    """The token that names an ordered entry's lane; "" when it cannot be told cheaply."""
+    """What names an ordered entry's lane: the project token ("" when it cannot be told
+    cheaply); for /record the token and the replay, since `seq` orders batches of one replay."""
     if endpoint not in ORDERED_ENDPOINTS:
         return ""
     if endpoint == "record":
-        return basic_auth_user(headers.get("Authorization", "")) or ""
+        token = basic_auth_user(headers.get("Authorization", "")) or ""
+        replay = form_field(query, b"replay_id") or b""
+        return f"{token}/{replay.decode('utf-8', 'replace')}"
     try:
         raw = extract_data(inflate(body, headers.get("Content-Encoding", ""), 64 * 1024**2),
                            query)

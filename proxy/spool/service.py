@@ -29,7 +29,7 @@ from ..routing import RoutedRequest
 from ..upstream import UpstreamAnswer, UpstreamClient, UpstreamFailure
 from .drain import Drainer, retry_after_seconds
 from .entry import ORDERED_ENDPOINTS, SpoolEntry, is_retryable, project_of
-from .store import Snapshot, SpoolError, SpoolStore, take_drain_lock
+from .store import SpoolError, SpoolStore, take_drain_lock
 
 log = logging.getLogger("mixpanel_proxy.spool")
 Outcome = UpstreamAnswer | UpstreamFailure
@@ -54,7 +54,7 @@ class Spool:
         self._drainers: dict[str, Drainer] = {}
         self._lock_fd: int | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self._snapshot = Snapshot()
+        self._oldest: dict[str, float] = {}     # region -> created_at, when not draining
         self._reserved: Counter[tuple[str, str]] = Counter()   # being written by this process
         self._reserved_bytes = 0
 
@@ -70,9 +70,8 @@ class Spool:
         store = SpoolStore(self.config.path, group_commit=self.config.group_commit)
         snapshot = await store.open()
         self._store = store
-        self._apply(snapshot)
-        for region in self._base_urls:
-            self._metrics.spool_oldest_age.labels(region).set_function(self._age_of(region))
+        self._oldest = snapshot.oldest
+        self._export(store)
         await self._try_to_own()
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
@@ -99,7 +98,7 @@ class Spool:
             try:
                 await self._try_to_own()
                 if self._store is not None:
-                    self._apply(await self._store.snapshot())
+                    self._oldest = (await self._store.snapshot()).oldest
             except Exception:
                 log.exception("spool: refreshing %s failed", self.config.path)
 
@@ -118,16 +117,19 @@ class Spool:
                         "again (possible duplicates)", interrupted)
         for region, base_urls in self._base_urls.items():
             drainer = Drainer(region, self.config, self._store, self._upstream, base_urls, self)
-            drainer.oldest = self._snapshot.oldest.get(region)
+            drainer.oldest = self._oldest.get(region)
             self._drainers[region] = drainer
             drainer.start()
 
-    def _apply(self, snapshot: Snapshot) -> None:
-        self._snapshot = snapshot
+    def _export(self, store: SpoolStore) -> None:
+        """Gauges read at scrape time from the store's counters, which follow the file."""
+        metrics = self._metrics
         for region in self._base_urls:
-            self._metrics.spool_entries.labels(region).set(snapshot.entries(region))
-        self._metrics.spool_dead_entries.set(snapshot.dead_entries)
-        self._publish_bytes()
+            metrics.spool_entries.labels(region).set_function(_waiting_in(store, region))
+            metrics.spool_oldest_age.labels(region).set_function(self._age_of(region))
+        metrics.spool_bytes.labels("live").set_function(lambda: store.totals[0])
+        metrics.spool_bytes.labels("dead").set_function(lambda: store.totals[1])
+        metrics.spool_dead_entries.set_function(lambda: store.totals[2])
 
     # -- the relay's hooks -----------------------------------------------------------------------
     def takes_first(self, region: str, endpoint: str) -> bool:
@@ -136,8 +138,7 @@ class Spool:
         if self._always:
             return True
         lane = (region, endpoint)
-        if endpoint in ORDERED_ENDPOINTS and (self._snapshot.lanes.get(lane)
-                                              or self._reserved[lane]):
+        if endpoint in ORDERED_ENDPOINTS and (self._store.lanes.get(lane) or self._reserved[lane]):
             return True
         drainer = self._drainers.get(region)
         return drainer is not None and drainer.backing_off
@@ -177,14 +178,11 @@ class Spool:
             log.error("spool: %s", exc)
             return "the spool cannot write"
         else:
-            self._snapshot.lanes[lane] = self._snapshot.lanes.get(lane, 0) + 1
-            self._snapshot.oldest.setdefault(entry.region, stamped.created_at)
+            self._oldest.setdefault(entry.region, stamped.created_at)
         finally:
             self._reserved_bytes -= size
             self._reserved[lane] -= 1
         self._metrics.spool_stored.labels(entry.region, entry.endpoint).inc()
-        self._metrics.spool_entries.labels(entry.region).inc()
-        self._publish_bytes()
         drainer = self._drainers.get(entry.region)
         if drainer is not None:
             if drainer.oldest is None:
@@ -198,32 +196,22 @@ class Spool:
 
     # -- the drainers' ledger --------------------------------------------------------------------
     def delivered(self, entry: SpoolEntry) -> None:
-        self._leave(entry)
         self._metrics.spool_delivered.labels(entry.region).inc()
 
     def buried(self, entry: SpoolEntry, cause: str) -> None:
-        self._leave(entry)
         self._metrics.spool_dead_lettered.labels(entry.region, cause).inc()
-        self._metrics.spool_dead_entries.inc()
-
-    def _leave(self, entry: SpoolEntry) -> None:
-        lane = (entry.region, entry.endpoint)
-        self._snapshot.lanes[lane] = max(0, self._snapshot.lanes.get(lane, 0) - 1)
-        self._metrics.spool_entries.labels(entry.region).dec()
-        self._publish_bytes()
-
-    def _publish_bytes(self) -> None:
-        live, dead, _ = self._store.totals if self._store is not None else (0, 0, 0)
-        self._metrics.spool_bytes.labels("live").set(live)
-        self._metrics.spool_bytes.labels("dead").set(dead)
 
     def _age_of(self, region: str) -> Callable[[], float]:
         def age() -> float:
             drainer = self._drainers.get(region)
-            oldest = drainer.oldest if drainer is not None else self._snapshot.oldest.get(region)
+            oldest = drainer.oldest if drainer is not None else self._oldest.get(region)
             return 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
         return age
+
+
+def _waiting_in(store: SpoolStore, region: str) -> Callable[[], float]:
+    return lambda: sum(count for (name, _), count in store.lanes.items() if name == region)
 
 
 def _failed(outcome: Outcome) -> bool:
@@ -238,8 +226,10 @@ def _describe(outcome: Outcome) -> str:
 
 
 def _success(routed: RoutedRequest) -> UpstreamAnswer:
-    verbose = (form_field(routed.query, b"verbose") == b"1"
-               or form_field(routed.body, b"verbose") == b"1")
+    # Only track/engage/groups answers depend on verbose=; never scan a replay body for it.
+    verbose = routed.endpoint not in ("record", "import") and (
+        form_field(routed.query, b"verbose") == b"1"
+        or form_field(routed.body, b"verbose") == b"1")
     body, content_type = answers.success_body(routed.endpoint, verbose)
     return UpstreamAnswer(200, CIMultiDictProxy(CIMultiDict({"Content-Type": content_type})),
                           body)

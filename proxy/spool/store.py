@@ -23,6 +23,7 @@ from .entry import Refusal, SpoolEntry
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
+Effect = Callable[[Any], None]      # run on the store's thread once the op's transaction committed
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -62,9 +63,6 @@ class Snapshot:
     dead_entries: int = 0
     oldest: dict[str, float] = field(default_factory=dict)   # region -> created_at
 
-    def entries(self, region: str) -> int:
-        return sum(count for (name, _), count in self.lanes.items() if name == region)
-
 
 class SpoolStore:
     def __init__(self, path: str, *, group_commit: bool = True) -> None:
@@ -72,11 +70,14 @@ class SpoolStore:
         self._group_commit = group_commit
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
-        self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._pending: list[tuple[Op, Effect | None, asyncio.Future[Any]]] = []
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self.commits = 0               # transactions committed: the benchmark reads it
-        self.totals = (0, 0, 0)        # live bytes, dead bytes, dead entries after the last commit
+        # The file's counters as this process last saw them. Written only on the store's thread,
+        # in commit order, so they never run behind or ahead of what the file holds.
+        self.totals = (0, 0, 0)        # live bytes, dead bytes, dead entries
+        self.lanes: dict[tuple[str, str], int] = {}    # (region, endpoint) -> waiting entries
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> Snapshot:
@@ -132,31 +133,42 @@ class SpoolStore:
             conn.execute("UPDATE totals SET live_bytes = live_bytes + ?", (entry.size,))
             return int(cursor.lastrowid or 0)
 
-        result: int = await self._write(insert)
+        result: int = await self._write(insert, lambda _: self._count(entry, +1))
         return result
 
     async def delete(self, entry: SpoolEntry) -> None:
-        def remove(conn: sqlite3.Connection) -> None:
-            if conn.execute("DELETE FROM entries WHERE id = ?", (entry.id,)).rowcount:
+        def remove(conn: sqlite3.Connection) -> int:
+            removed: int = conn.execute("DELETE FROM entries WHERE id = ?", (entry.id,)).rowcount
+            if removed:
                 conn.execute("UPDATE totals SET live_bytes = live_bytes - ?", (entry.size,))
+            return removed
 
-        await self._write(remove)
+        await self._write(remove, lambda removed: self._count(entry, -removed))
 
     async def bury(self, entry: SpoolEntry, refusal: Refusal) -> None:
         """Move `entry` to the dead-letter table with the upstream's answer, in one transaction."""
         values = (time.time(), refusal.reason, refusal.status, refusal.kept_answer(),
                   json.dumps(refusal.answer_headers), entry.id)
 
-        def move(conn: sqlite3.Connection) -> None:
+        def move(conn: sqlite3.Connection) -> int:
             conn.execute(f"INSERT INTO dead ({_COLUMNS}, failed_at, reason, status, answer, "
                          f"answer_headers) SELECT {_COLUMNS}, ?, ?, ?, ?, ? FROM entries "
                          "WHERE id = ?", values)
-            if conn.execute("DELETE FROM entries WHERE id = ?", (entry.id,)).rowcount:
+            removed: int = conn.execute("DELETE FROM entries WHERE id = ?", (entry.id,)).rowcount
+            if removed:
                 conn.execute("UPDATE totals SET live_bytes = live_bytes - ?, dead_bytes = "
                              "dead_bytes + ?, dead_entries = dead_entries + 1",
                              (entry.size, entry.size))
+            return removed
 
-        await self._write(move)
+        await self._write(move, lambda removed: self._count(entry, -removed))
+
+    def _count(self, entry: SpoolEntry, change: int) -> None:
+        lane = (entry.region, entry.endpoint)
+        # Copied, then swapped: the event loop reads this dict while this thread writes it.
+        lanes = dict(self.lanes)
+        lanes[lane] = max(0, lanes.get(lane, 0) + change)
+        self.lanes = lanes
 
     async def mark_in_flight(self, ids: Sequence[int], in_flight: bool) -> None:
         """Flag entries on their way upstream: a crash leaves the flag, and the count of possible
@@ -165,9 +177,9 @@ class SpoolStore:
         await self._write(lambda conn: conn.executemany(
             "UPDATE entries SET in_flight = ?, attempts = attempts + ? WHERE id = ?", marks))
 
-    async def _write(self, op: Op) -> Any:
+    async def _write(self, op: Op, effect: Effect | None = None) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((op, future))
+        self._pending.append((op, effect, future))
         self._wakeup.set()
         return await future
 
@@ -183,8 +195,8 @@ class SpoolStore:
             batch, self._pending = self._pending, []
         else:
             batch = [self._pending.pop(0)]
-        results = await self._call(self._apply, [op for op, _ in batch])
-        for (_, future), result in zip(batch, results, strict=True):
+        results = await self._call(self._apply, [(op, effect) for op, effect, _ in batch])
+        for (_, _, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
             if isinstance(result, BaseException):
@@ -196,24 +208,27 @@ class SpoolStore:
         while self._pending:
             await self._commit_next()
 
-    def _apply(self, ops: list[Op]) -> list[Any]:
+    def _apply(self, ops: list[tuple[Op, Effect | None]]) -> list[Any]:
         """Run `ops` in one transaction; if one fails, run each alone so only it fails."""
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            results = [op(conn) for op in ops]
+            results = [op(conn) for op, _ in ops]
             totals = conn.execute("SELECT live_bytes, dead_bytes, dead_entries FROM totals"
                                   ).fetchone()
             conn.execute("COMMIT")
-            self.commits += 1
-            self.totals = (totals[0], totals[1], totals[2])
-            return results
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             if len(ops) == 1:
                 return [SpoolError(f"{self.path}: write failed ({exc})")]
-        return [self._apply([op])[0] for op in ops]
+            return [self._apply([op])[0] for op in ops]
+        self.commits += 1
+        self.totals = (totals[0], totals[1], totals[2])
+        for (_, effect), result in zip(ops, results, strict=True):
+            if effect is not None:
+                effect(result)
+        return results
 
     # -- reads ---------------------------------------------------------------------------------
     async def batch(self, region: str, limit: int) -> list[SpoolEntry]:
@@ -228,6 +243,7 @@ class SpoolStore:
             snapshot = read_snapshot(self._connection())
             # Same thread as the commits, so this is newer than any totals a commit left.
             self.totals = (snapshot.live_bytes, snapshot.dead_bytes, snapshot.dead_entries)
+            self.lanes = dict(snapshot.lanes)
             return snapshot
 
         return await self._call(read)
