@@ -50,6 +50,12 @@ class Metrics:
             "re-encoding).", ("endpoint", "region"), registry=r)
         self.split_batches = Counter(
             "mixpanel_proxy_split_batches", "Batches split across regions.", registry=r)
+        self.coalesced = Counter(
+            "mixpanel_proxy_coalesced_requests", "Client /track requests answered from a merged "
+            "upstream batch ([coalesce]).", ("region",), registry=r)
+        self.coalesced_batches = Counter(
+            "mixpanel_proxy_coalesced_batches", "Merged upstream /track batches sent, by result "
+            "(accepted, refused).", ("region", "result"), registry=r)
         self.in_flight = Gauge(
             "mixpanel_proxy_in_flight_requests", "Client requests being handled.", registry=r)
         # The durable spool (issue 6, proxy/spool/).

@@ -148,7 +148,11 @@ class PayloadPolicy:
         return bool(self._patterns) and self._redact_in(properties, top=True)
 
     def _redact_in(self, container: dict[Any, Any] | list[Any], top: bool = False) -> bool:
-        """Redact every string inside `container`, in place; whether any changed."""
+        """Redact every string inside `container` in place, nested keys too; whether any changed.
+
+        Top-level property names are the schema (`drop_properties` handles them); a key inside a
+        value is data like any other string.
+        """
         changed = False
         pairs = container.items() if type(container) is dict else enumerate(container)
         for key, value in pairs:
@@ -162,7 +166,17 @@ class PayloadPolicy:
                     changed = True
             elif kind is dict or kind is list:
                 changed = self._redact_in(value) or changed
+        if not top and type(container) is dict:
+            changed = self._redact_keys(container) or changed
         return changed
+
+    def _redact_keys(self, values: dict[Any, Any]) -> bool:
+        renamed = [(self._redact_text(key), value) for key, value in values.items()]
+        if all(new is old for (new, _), old in zip(renamed, values, strict=True)):
+            return False
+        values.clear()
+        values.update(renamed)    # two keys redacted alike become one: the later value stays
+        return True
 
     def _redact_text(self, value: str) -> str:
         text = value

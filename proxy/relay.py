@@ -1,7 +1,8 @@
 """The API relay: one handler for every SDK endpoint.
 
-Order of work, cheapest refusal first: target shape -> path -> CORS -> method -> body limit ->
-routing (decodes only when it must) -> upstream -> answer in the form the SDK understands.
+Order of work, cheapest refusal first: target shape -> path -> CORS -> method -> client-IP rate
+limit -> body limit -> routing (decodes only when it must) -> token rate limit -> upstream ->
+answer in the form the SDK understands.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import time
 from collections.abc import Sequence
 
 from aiohttp import web
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from . import answers
 from .accesslog import request_facts
 from .clientip import ClientIPResolver
+from .coalesce import MERGED_QUERY, Coalescer, MergedAnswer, accepted
 from .codec import CodecError
 from .codec.payload import form_field
 from .config import Config
@@ -25,6 +27,7 @@ from .health import RegionHealth
 from .metrics import Metrics
 from .paths import PathMatch, PathMatcher
 from .privacy import IpPolicy
+from .ratelimit import RateLimiter
 from .routing import Part, Plan, RoutedRequest, Router, UnknownToken
 from .spool import Spool, SpoolEntry
 from .upstream import UpstreamAnswer, UpstreamClient, UpstreamFailure
@@ -47,6 +50,11 @@ class ApiRelay:
         self._client_ip = ClientIPResolver(config.server.trusted_proxies,
                                            config.server.client_ip_header)
         self._limits = config.limits.body
+        self._rate = RateLimiter(config.limits.rate)
+        self._coalescer = Coalescer(
+            list(config.regions), config.coalesce.slots, config.coalesce.max_events,
+            self._send_merged, lambda region: metrics.coalesced.labels(region).inc(),
+        ) if config.coalesce.enabled else None
         self._retry_after = str(config.upstream.retry_after)
         self._base_urls = {
             (region.name, endpoint): str(region.base_url(endpoint)).rstrip("/")
@@ -83,6 +91,14 @@ class ApiRelay:
                      cors: dict[str, str]) -> web.StreamResponse:
         endpoint = match.endpoint
         limit = self._limits[endpoint]
+        headers = request.headers
+        client_ip = self._client_ip.resolve(
+            request.remote, headers.get("X-Forwarded-For"), headers.get("X-Real-IP"),
+            headers.get(self._client_ip.header) if self._client_ip.header else None)
+        request_facts().client_ip = client_ip
+        wait = self._rate.check_ip(client_ip)     # before the body: a flood costs no reads
+        if wait:
+            return self._rate_limited("this client IP", "ip_per_second", wait, cors)
         if request.content_length is not None and request.content_length > limit:
             return self._reject("limit", 413, _too_large(endpoint, limit), cors)
         try:
@@ -95,7 +111,6 @@ class ApiRelay:
         facts = request_facts()
         facts.request_bytes = len(body)
         query = request.raw_path.partition("?")[2].encode()
-        headers = request.headers
         routed = RoutedRequest(
             endpoint=endpoint, pinned_region=match.region, method=request.method, query=query,
             body=body, content_type=headers.get("Content-Type", ""),
@@ -107,10 +122,9 @@ class ApiRelay:
             return self._reject(exc.reason, exc.status, exc.message, cors)
         except UnknownToken as exc:
             return self._reject(exc.reason, exc.status, exc.message, cors)
-        client_ip = self._client_ip.resolve(
-            request.remote, headers.get("X-Forwarded-For"), headers.get("X-Real-IP"),
-            headers.get(self._client_ip.header) if self._client_ip.header else None)
-        facts.client_ip = client_ip
+        wait = self._rate.check_tokens(plan.tokens)
+        if wait:
+            return self._rate_limited("this project token", "token_per_second", wait, cors)
         if not plan.split:
             return await self._forward_whole(routed, match, plan.parts[0], headers, client_ip, cors)
         return await self._forward_split(routed, match, plan, headers, client_ip, cors)
@@ -118,11 +132,52 @@ class ApiRelay:
     async def _forward_whole(self, routed: RoutedRequest, match: PathMatch, part: Part,
                              headers: CIMultiDictProxy[str], client_ip: str,
                              cors: dict[str, str]) -> web.Response:
-        outcome = await self._send(routed, match, part, headers, client_ip)
+        if self._coalescer is not None and self._coalescible(routed, match, part):
+            outcome = await self._coalescer.forward(
+                part.region, routed.query, routed.body if part.body is None else part.body,
+                self._ip_policy.upstream_ip(client_ip),
+                lambda: self._send(routed, match, part, headers, client_ip))
+            if outcome is None:           # a merged batch carried it, and was accepted
+                outcome = _merged_success(routed)
+        else:
+            outcome = await self._send(routed, match, part, headers, client_ip)
         response = self._translate(outcome, cors)
         self._metrics.count_request(match.endpoint, part.region, response.status)
         request_facts().add_region(part.region)
         return response
+
+    def _coalescible(self, routed: RoutedRequest, match: PathMatch, part: Part) -> bool:
+        """Plain SDK /track POSTs that go whole and unencoded, and that the spool does not
+        take first (in `always` mode it answers at once anyway)."""
+        return (match.endpoint == "track" and routed.method == "POST"
+                and not routed.content_encoding and not part.content_encoding
+                and part.query is None and not self._spool.takes_first(part.region, "track"))
+
+    async def _send_merged(self, region: str, body: bytes) -> MergedAnswer:
+        """One merged /track batch (see coalesce.py): events carry their IPs, so `ip=0`."""
+        url = URL(f"{self._base_urls[(region, 'track')]}/track?{MERGED_QUERY.decode()}",
+                  encoded=True)
+        headers = {"Content-Type": "application/x-www-form-urlencoded",
+                   "Accept-Encoding": "identity"}
+        self._metrics.upstream_bytes.labels("track", region).inc(len(body))
+        started = time.perf_counter()
+        try:
+            answer = await self._upstream.send("POST", url, headers, body)
+        except UpstreamFailure as failure:
+            self._metrics.upstream_failures.labels(region, failure.kind).inc()
+            self._health.failed(region, failure.message)
+            result = MergedAnswer(accepted=False)
+        else:
+            seconds = time.perf_counter() - started
+            self._metrics.upstream_seconds.labels(region, "track").observe(seconds)
+            if answer.status >= 500:
+                self._health.failed(region, f"answered {answer.status}")
+            else:
+                self._health.succeeded(region, seconds)
+            result = MergedAnswer(accepted(answer.status, answer.body))
+        self._metrics.coalesced_batches.labels(
+            region, "accepted" if result.accepted else "refused").inc()
+        return result
 
     async def _forward_split(self, routed: RoutedRequest, match: PathMatch, plan: Plan,
                              headers: CIMultiDictProxy[str], client_ip: str,
@@ -213,6 +268,12 @@ class ApiRelay:
                     return response
         return next(response for response in responses if response.status != 200)
 
+    def _rate_limited(self, who: str, key: str, wait: int,
+                      cors: dict[str, str]) -> web.Response:
+        # 429 + Retry-After: the SDKs keep the batch and retry later, so nothing is dropped.
+        message = f"rate limit exceeded for {who} ([limits.rate] {key}); retry in {wait} s"
+        return self._reject("rate_limit", 429, message, {**cors, "Retry-After": str(wait)})
+
     def _reject(self, reason: str, status: int, message: str,
                 headers: dict[str, str]) -> web.Response:
         self._metrics.reject(reason)
@@ -222,6 +283,12 @@ class ApiRelay:
 
 def _too_large(endpoint: str, limit: int) -> str:
     return f"the body exceeds the {limit}-byte limit for /{endpoint}"
+
+
+def _merged_success(routed: RoutedRequest) -> UpstreamAnswer:
+    """The answer Mixpanel would have given this client alone: `1`, or the verbose JSON."""
+    body, content_type = answers.success_body("track", _is_verbose(routed))
+    return UpstreamAnswer(200, CIMultiDictProxy(CIMultiDict({"Content-Type": content_type})), body)
 
 
 def _is_json(answer: UpstreamAnswer) -> bool:

@@ -85,6 +85,9 @@ def test_raw_deflate_is_accepted_and_limited() -> None:
     assert inflate(body, "deflate", 2 * MIB) == bytes(2 * MIB)
     with pytest.raises(PayloadTooLarge):
         inflate(body, "deflate", MIB)
+    # A raw stream whose first bytes pass for a zlib header (78 01): a stored block of "A"
+    # whose padding bits make 0x78, then an empty final block. Read as raw after zlib fails.
+    assert inflate(bytes.fromhex("780100feff410300"), "deflate", 10) == b"A"
 
 
 def test_compressed_limit_is_checked_before_any_work() -> None:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
 import re
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from proxy.codec import DecodeLimits, decode_payload
 from proxy.config import ConfigError, parse_config
 from proxy.privacy import IpPolicy, PayloadPolicy, derived_insert_id, truncate_ip
+from proxy.routing import RoutedRequest, Router
+from tests.conftest import EU_TOKEN, US_TOKEN
 
 EMAIL = r"[\w.+-]+@[\w-]+\.[\w.]+"
 
@@ -59,11 +67,11 @@ def test_allow_list_keeps_identity_and_dedup_keys() -> None:
 def test_redaction_replaces_matches_at_any_depth_but_never_ids_or_names() -> None:
     rules = policy({"redact_patterns": [EMAIL, r"\b\d{3}-\d{4}\b"], "redact_marker": r"<\1>"})
     events = [browser_event(note="mail bo@x.org or 555-1234",
-                            nested={"list": ["c@d.ee", 7, {"deep": "e@f.gg"}]})]
+                            nested={"list": ["c@d.ee", 7, {"deep": "e@f.gg"}], "o@p.qq": 1})]
     assert rules.scrub("track", events)
     props = events[0]["properties"]
     assert props["note"] == r"mail <\1> or <\1>"          # the marker is literal text
-    assert props["nested"] == {"list": [r"<\1>", 7, {"deep": r"<\1>"}]}
+    assert props["nested"] == {"list": [r"<\1>", 7, {"deep": r"<\1>"}], r"<\1>": 1}
     assert events[0]["event"] == "Signed up a@b.co"
     assert props["distinct_id"] == props["$user_id"] == "ann@example.com"
     profile = {"$token": "tok", "$distinct_id": "ann@example.com",
@@ -162,3 +170,49 @@ def test_config_problems_name_the_key() -> None:
                      "payload.upstream_gzip_level: must be at most 9",
                      "payload.max_depth: must be at least 4"):
         assert expected in problems
+
+
+email_or_word = st.from_regex(r"[a-z]{1,6}(@[a-z]{1,5}\.io)?", fullmatch=True)
+property_values = st.recursive(st.none() | st.integers() | email_or_word,
+                               lambda inner: st.lists(inner, max_size=3)
+                               | st.dictionaries(email_or_word, inner, max_size=3), max_leaves=8)
+any_events = st.lists(st.builds(
+    lambda name, distinct_id, time, insert_id, token, extra: {"event": name, "properties": {
+        "distinct_id": distinct_id, "time": time, "token": token, **extra,
+        **({"$insert_id": insert_id} if insert_id else {})}},
+    email_or_word, email_or_word, st.floats(0, 2e9), st.one_of(st.none(), email_or_word),
+    st.sampled_from([US_TOKEN, EU_TOKEN, "other"]),
+    st.dictionaries(st.sampled_from(["email", "plan", "ip", "note", "$user_id"]), property_values,
+                    max_size=4)), min_size=1, max_size=8)
+
+
+@settings(max_examples=120, deadline=None)
+@given(events=any_events, projects=st.booleans(), allow=st.booleans())
+def test_the_router_never_alters_what_mixpanel_dedups_or_routes_on(
+        events: list[dict[str, Any]], projects: bool, allow: bool) -> None:
+    privacy: dict[str, Any] = {"drop_properties": ["email"], "redact_patterns": [EMAIL],
+                               "ip": "truncated"}
+    if allow:
+        privacy["allow_properties"] = ["note"]
+    config: dict[str, Any] = {"privacy": privacy}
+    if projects:
+        config["projects"] = [{"token": US_TOKEN, "region": "us"},
+                              {"token": EU_TOKEN, "region": "eu"}]
+    body = b"data=" + quote(base64.b64encode(json.dumps(events).encode())).encode()
+    plan = Router(parse_config(config)).plan(RoutedRequest(
+        endpoint="track", pinned_region=None, method="POST", query=b"ip=1", body=body,
+        content_type="application/x-www-form-urlencoded"))
+    sent: list[dict[str, Any]] = []
+    for part in plan.parts:
+        part_body = body if part.body is None else part.body
+        sent += decode_payload(part_body, part.query or b"", "application/x-www-form-urlencoded",
+                               part.content_encoding, DecodeLimits()).records
+    key = ("distinct_id", "time", "token")
+    assert sorted(json.dumps([e["event"], [e["properties"].get(k) for k in key]]) for e in sent) \
+        == sorted(json.dumps([e["event"], [e["properties"].get(k) for k in key]]) for e in events)
+    originals = {e["properties"].get("$insert_id") for e in events} - {None}
+    assert originals <= {e["properties"].get("$insert_id") for e in sent}     # all kept
+    for event in sent:
+        assert "email" not in event["properties"]
+        assert not any(re.search(EMAIL, json.dumps(v)) for k, v in event["properties"].items()
+                       if k not in ("distinct_id", "$user_id", "$insert_id"))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 from typing import Any
+
+from mixpanel import Consumer, Mixpanel
 
 from proxy.codec import extract_data
 from tests.bombs import gzip_zeros
@@ -175,3 +178,29 @@ async def test_codec_refusals_through_the_relay(
     response = await client.post("/engage/", data=b"data=" + value, headers=FORM)
     assert response.status == 413 and "2001 records" in (await response.json())["error"]
     assert not any(fake.received for fake in upstreams.values())
+
+
+def drive_python_sdk(base: str) -> None:
+    consumer = Consumer(events_url=f"{base}/track", people_url=f"{base}/engage",
+                        import_url=f"{base}/import", request_timeout=5)
+    mp = Mixpanel(US_TOKEN, consumer=consumer)
+    mp.track("user-1", "Signed up", {"ip": "198.51.100.9", "$email": "u@x.io", "plan": "pro"})
+    mp.people_set("user-1", {"$email": "u@x.io", "$name": "U <u@x.io>"})
+    mp.import_data("secret", "user-1", "Old event", 1_600_000_000, {"note": "by u@x.io"})
+
+
+async def test_real_python_sdk_through_the_policy(
+        make_relay: RelayFactory, upstreams: dict[str, FakeUpstream]) -> None:
+    client = await make_relay(SCRUB)
+    # The SDK raises unless each answer is JSON with status 1, and sends ip=0 in its form.
+    await asyncio.to_thread(drive_python_sdk, f"http://127.0.0.1:{client.port}")
+    track, engage, imported = upstreams["us"].received
+    [event_sent] = track.records()
+    assert event_sent["event"] == "Signed up" and event_sent["properties"]["ip"] == "198.51.100.0"
+    assert "$email" not in event_sent["properties"] and len(
+        event_sent["properties"]["$insert_id"]) == 32               # the SDK's own uuid4 hex
+    assert engage.records()[0]["$set"] == {"$name": "U <[redacted]>"}
+    assert imported.records()[0]["properties"]["note"] == "by [redacted]"
+    assert imported.records()[0]["properties"]["time"] == 1_600_000_000
+    for got in (track, engage, imported):
+        assert b"ip=0" in got.plain_body() and b"verbose=1" in got.plain_body()

@@ -6,7 +6,7 @@
     encode.py   rewritten records -> compact JSON data= (gzipped where the upstream takes it)
 """
 
-from .encode import GZIP_ENDPOINTS, Encoded, encode_json, encode_payload, set_field
+from .encode import GZIP_ENDPOINTS, Encoded, data_value, encode_json, encode_payload, set_field
 from .errors import CodecError, PayloadTooLarge, TooManyRecords, UndecodablePayload
 from .inflate import inflate
 from .payload import (
@@ -26,6 +26,6 @@ __all__ = [
     "Carrier", "CodecError", "PayloadTooLarge", "TooManyRecords", "UndecodablePayload",
     "MAX_RECORDS", "DEFAULT_MAX_DEPTH", "DecodeLimits", "DecodedPayload", "Encoded",
     "GZIP_ENDPOINTS", "check_depth", "count_records", "decode_data", "decode_payload",
-    "encode_json", "encode_payload", "extract_data", "form_field", "inflate", "parse_json_body",
-    "set_field",
+    "data_value", "encode_json", "encode_payload", "extract_data", "form_field", "inflate",
+    "parse_json_body", "set_field",
 ]

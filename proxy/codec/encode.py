@@ -53,13 +53,13 @@ def encode_payload(decoded: DecodedPayload, records: list[Any], query: bytes,
                    gzip_level: int) -> Encoded:
     """`records` in the carrier of `decoded`; `query` is the (possibly rewritten) query."""
     if decoded.carrier == "query":
-        return Encoded(None, set_field(query, b"data", _data_value(records, decoded.batch)))
+        return Encoded(None, set_field(query, b"data", data_value(records, decoded.batch)))
     if decoded.carrier == "json":
         body = encode_json(records, decoded.batch)
     elif decoded.carrier == "ndjson":
         body = b"".join(encode_json([record], False) + b"\n" for record in records)
     else:
-        body = set_field(decoded.body, b"data", _data_value(records, decoded.batch))
+        body = set_field(decoded.body, b"data", data_value(records, decoded.batch))
     if gzip_level and len(body) >= MIN_GZIP_BYTES:
         return Encoded(gzip(body, gzip_level), query, "gzip")
     return Encoded(body, query)
@@ -92,7 +92,7 @@ def set_field(encoded: bytes, name: bytes, value: bytes, add: bool = True) -> by
     return b"&".join(fields)
 
 
-def _data_value(records: list[Any], batch: bool) -> bytes:
+def data_value(records: list[Any], batch: bool) -> bytes:
     """The `data=` value: ASCII JSON escaped as encodeURIComponent would (as the SDK does).
 
     `urllib.parse.quote` works byte by byte in Python (about 140 ms for a 2,000-event batch);

@@ -61,11 +61,19 @@ def _gunzip(body: bytes, limit: int) -> bytes:
 
 def _undeflate(body: bytes, limit: int) -> bytes:
     # RFC 9110 says zlib-wrapped; some clients send raw deflate. A zlib header is two bytes whose
-    # big-endian value is a multiple of 31 with compression method 8; raw deflate rarely is.
-    zlib_wrapped = (len(body) >= 2 and body[0] & 0x0F == 8
-                    and (body[0] << 8 | body[1]) % 31 == 0)
-    inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS if zlib_wrapped else -zlib.MAX_WBITS)
+    # big-endian value is a multiple of 31 with compression method 8; raw deflate rarely is, and
+    # when a raw stream happens to look like one, the raw reading is tried next.
+    if len(body) >= 2 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0:
+        try:
+            return _deflate_stream(body, zlib.MAX_WBITS, limit)
+        except UndecodablePayload:
+            pass
+    return _deflate_stream(body, -zlib.MAX_WBITS, limit)
+
+
+def _deflate_stream(body: bytes, wbits: int, limit: int) -> bytes:
     out = bytearray()
+    inflater = zlib.decompressobj(wbits=wbits)
     if _drain(inflater, memoryview(body), 0, out, limit, "deflate") < len(body):
         raise UndecodablePayload("the deflate body has trailing garbage after its end")
     return bytes(out)

@@ -31,10 +31,6 @@ class DecodedPayload:
     carrier: Carrier         # where the payload was: form/beacon body, query, JSON/NDJSON body
     body: bytes              # the body with its Content-Encoding undone
 
-    @property
-    def from_body(self) -> bool:
-        return self.carrier in ("form", "json", "ndjson")
-
 
 def decode_payload(body: bytes, query: bytes, content_type: str, content_encoding: str,
                    limits: DecodeLimits) -> DecodedPayload:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .assets import AssetsConfig, parse_assets
+from .coalesce import CoalesceConfig, parse_coalesce
 from .health import HealthConfig, parse_health
 from .log import LogConfig, parse_log
 from .payload import PayloadConfig, parse_payload
@@ -45,7 +46,8 @@ __all__ = [
     "ProjectConfig",
     "HealthConfig", "LogConfig", "AssetsConfig", "PayloadConfig", "PrivacyConfig",
     "RegionConfig",
-    "RoutingConfig", "ServerConfig", "SpoolConfig", "UpstreamConfig", "CONFIG_ENV", "load_config",
+    "RoutingConfig", "ServerConfig", "SpoolConfig", "CoalesceConfig", "UpstreamConfig",
+    "CONFIG_ENV", "load_config",
     "parse_config", "config_path_from_env",
 ]
 
@@ -63,6 +65,7 @@ class Config:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
+    coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
     log: LogConfig = field(default_factory=LogConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     assets: AssetsConfig = field(default_factory=AssetsConfig)
@@ -85,6 +88,7 @@ def parse_config(data: dict[str, Any], source: str = "(embedded default)") -> Co
         upstream=parse_upstream(root.table("upstream")),
         metrics=parse_metrics(root.table("metrics")),
         spool=parse_spool(root.table("spool")),
+        coalesce=parse_coalesce(root.table("coalesce")),
         log=parse_log(root.table("log")),
         health=parse_health(root.table("health")),
         assets=parse_assets(root.table("assets")),
