@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import gzip
 import re
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,27 +28,11 @@ import brotli
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import free_port, wait_for  # noqa: E402
 from tests.fake_cdn import cdn_files  # noqa: E402  (the bundles, under their CDN names)
 
 BUNDLES = ("mixpanel-2-latest.min.js", "mixpanel-recorder-CZqK2y7C.min.js")
 CODINGS = ("br", "gzip", "identity")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def write_files(workdir: Path) -> Path:

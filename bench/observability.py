@@ -67,10 +67,15 @@ def main() -> None:
     request = make_mocked_request("POST", "/track", headers={"Content-Length": "120"})
     facts = RequestFacts(endpoint="track", region="us", client_ip="203.0.113.9")
     truncate = ip_policy("truncated")
-    print(f"access_line (truncated IP):        {best(lambda: access_line(request, facts, 200, 1, 0.004, truncate), number):6.2f} us")
-    print(f"region health, one success:        {best(lambda: health.succeeded('us', 0.01), number):6.2f} us")
-    print(f"middleware, access log on:         {asyncio.run(middleware_cost(metrics, True, number)):6.2f} us")
-    print(f"middleware, access log off:        {asyncio.run(middleware_cost(metrics, False, number)):6.2f} us")
+    costs = {
+        "access_line (truncated IP)":
+            best(lambda: access_line(request, facts, 200, 1, 0.004, truncate), number),
+        "region health, one success": best(lambda: health.succeeded("us", 0.01), number),
+        "middleware, access log on": asyncio.run(middleware_cost(metrics, True, number)),
+        "middleware, access log off": asyncio.run(middleware_cost(metrics, False, number)),
+    }
+    for label, micros in costs.items():
+        print(f"{label + ':':<35} {micros:6.2f} us")
 
 
 if __name__ == "__main__":

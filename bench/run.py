@@ -23,12 +23,10 @@ import json
 import os
 import random
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +36,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.common import free_port, wait_for  # noqa: E402
+
 DIST = ROOT / "tests/js/node_modules/mixpanel-browser/dist"
 BUNDLE = "mixpanel-recorder-CZqK2y7C.min.js"      # the 340 KB recorder, content-hashed
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -53,23 +54,6 @@ class Result:
     cpu_us_per_request: float
     errors: int
     mb_per_s: float = 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(url: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def process_tree(root: int) -> list[int]:
@@ -174,7 +158,8 @@ def nginx(workdir: Path, servers: str, probe: str) -> Iterator[int]:
 
 
 @contextmanager
-def relay(workdir: Path, port: int, upstream_port: int, workers: int) -> Iterator[int]:
+def relay(workdir: Path, port: int, upstream_port: int, workers: int,
+          coalesce: bool = False) -> Iterator[int]:
     config = workdir / "relay.toml"
     upstream = f"http://127.0.0.1:{upstream_port}"
     config.write_text(f"""
@@ -183,6 +168,8 @@ listen = "127.0.0.1:{port}"
 workers = {workers}
 [log]
 access = false
+[coalesce]
+enabled = {str(coalesce).lower()}
 [health]
 probe_interval = 0
 [assets]
@@ -378,6 +365,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", default="track,track_c10,record,bundle")
+    parser.add_argument("--coalesce", action="store_true",
+                        help="run the relay with [coalesce] enabled = true")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     ports = {name: free_port() for name in ("upstream", "nginx", "nginx_tls", "relay")}
@@ -394,7 +383,8 @@ def main() -> int:
              nginx(work / "px", proxy_pass_servers(ports["nginx"], ports["upstream"], static,
                                                    ports["nginx_tls"], tls),
                    f"http://127.0.0.1:{ports['nginx']}/") as nginx_pid, \
-             relay(work, ports["relay"], ports["upstream"], args.workers) as relay_pid, \
+             relay(work, ports["relay"], ports["upstream"], args.workers,
+                   args.coalesce) as relay_pid, \
              front(ports["relay"]) as (front_port, front_pid):
             relay_pids = process_tree(relay_pid)
             nginx_pids = process_tree(nginx_pid)

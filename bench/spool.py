@@ -15,7 +15,6 @@ import argparse
 import base64
 import json
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import free_port, wait_for  # noqa: E402
+
 TOKEN = "bench_token_0001"
 CONTENDERS = {
     "always, group commit": {"enabled": True, "mode": "always", "group_commit": True},
@@ -40,23 +43,6 @@ app = web.Application()
 app.router.add_route("*", "/{tail:.*}", ok)
 web.run_app(app, host="127.0.0.1", port=int(__import__("sys").argv[1]), print=None)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def track_body() -> str:

@@ -1,0 +1,1 @@
+"""Benchmarks: loopback only, bounded in time; `python bench/run.py` is the side-by-side one."""
