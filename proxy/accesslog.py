@@ -35,6 +35,8 @@ ACCESS_LOGGER = logging.getLogger("mixpanel_proxy.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Anonymizer = Callable[[str], str]
+# Turns aiohttp's own refusals (HTTPException from its router) into the relay's JSON answers.
+Refusal = Callable[[web.Request, web.HTTPException], web.StreamResponse]
 
 _MAX_PATH = 96            # unmatched paths are logged cut short: they are client-chosen text
 _V6_48 = ((1 << 48) - 1) << 80
@@ -117,26 +119,39 @@ def asset_prefixes(config: Config) -> tuple[str, ...]:
 
 
 def access_middleware(metrics: Metrics, log_enabled: bool, anonymize: Anonymizer,
-                      quiet_paths: Collection[str], assets: tuple[str, ...] = ()) -> Middleware:
+                      quiet_paths: Collection[str], assets: tuple[str, ...] = (),
+                      refuse: Refusal | None = None) -> Middleware:
     """Counts answer bytes and writes the access line; `quiet_paths` (probes, scrapes) skip both.
 
     `anonymize` is the hook the privacy policy shapes; `log_enabled` is `[log] access`;
-    `assets` are the asset relay's path prefixes.
+    `assets` are the asset relay's path prefixes; `refuse` answers aiohttp's own refusals (one
+    middleware doing both: every middleware layer costs each request a wrapper call).
     """
+
 
     response_bytes: dict[str, Counter] = {}     # label children, looked up once per endpoint
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in quiet_paths:
-            return await handler(request)
+            try:
+                return await handler(request)
+            except web.HTTPException as exc:
+                if refuse is None:
+                    raise
+                return refuse(request, exc)
         facts = RequestFacts()
         token = _current.set(facts)
         started = time.perf_counter()
         status = 500
         size = 0
         try:
-            response = await handler(request)
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                if refuse is None:
+                    raise
+                response = refuse(request, exc)
             status = response.status
             size = response.content_length or 0
             return response

@@ -37,13 +37,13 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     privacy_ip = IpPolicy(config.privacy).upstream_ip if config.privacy.ip != "full" else None
     access = access_middleware(metrics, config.log.access,
                                ip_policy(config.log.client_ip, privacy_ip), ops_paths(config),
-                               asset_prefixes(config))
+                               asset_prefixes(config), refuse=_json_refusal)
     # aiohttp refuses bodies past client_max_size before any handler runs; the per-endpoint
     # limits (smaller) are enforced by the relay, which answers them in JSON.
     # auto_decompress=False: aiohttp would otherwise inflate gzip/deflate/br request bodies on
     # read, unbounded, and the relay would forward inflated bytes still labelled as compressed.
     app = web.Application(client_max_size=max(config.limits.body.values()),
-                          middlewares=[access, _json_refusals],
+                          middlewares=[access],
                           handler_args={"auto_decompress": False})
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = metrics
@@ -65,18 +65,13 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     await app[UPSTREAM_KEY].close()
 
 
-@web.middleware
-async def _json_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _json_refusal(request: web.Request, exc: web.HTTPException) -> web.StreamResponse:
     """aiohttp's own refusals (CONNECT, authority-form targets) answered in JSON like ours."""
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except web.HTTPException as exc:
-        metrics = request.app[METRICS_KEY]
-        if request.method == "CONNECT":
-            metrics.reject("method")
-            request_facts().reason = "method"
-            return answers.error(405, "CONNECT is refused: this relay is not a forward proxy")
-        reason = request_facts().reason = "not_found" if exc.status == 404 else "bad_request"
-        metrics.reject(reason)
-        return answers.error(exc.status, exc.reason)
+    metrics = request.app[METRICS_KEY]
+    if request.method == "CONNECT":
+        metrics.reject("method")
+        request_facts().reason = "method"
+        return answers.error(405, "CONNECT is refused: this relay is not a forward proxy")
+    reason = request_facts().reason = "not_found" if exc.status == 404 else "bad_request"
+    metrics.reject(reason)
+    return answers.error(exc.status, exc.reason)

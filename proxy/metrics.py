@@ -6,8 +6,12 @@ rejection reasons. Never a path, token, IP or query.
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+T = TypeVar("T", Counter, Gauge, Histogram)
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST", "REJECTION_REASONS"]
 
@@ -132,16 +136,22 @@ class Metrics:
             "mixpanel_proxy_asset_cache_entries", "Bundle versions the cache holds.", registry=r)
         for result in ASSET_CACHE_RESULTS:
             self.asset_cache.labels(result)
-        self._requests_children: dict[tuple[str, str, str], Counter] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason)   # exported at 0 from the start: rates need a base
 
     def count_request(self, endpoint: str, region: str, status: int) -> None:
-        key = (endpoint, region, status_class(status))
-        child = self._requests_children.get(key)
-        if child is None:
-            child = self._requests_children[key] = self.requests.labels(*key)
-        child.inc()
+        self.child(self.requests, endpoint, region, status_class(status)).inc()
+
+    def child(self, metric: T, *labels: str) -> T:
+        """`metric.labels(*labels)`, looked up once: prometheus_client validates the labels on
+        every call, a cost the per-request path should not pay. Labels come from closed sets,
+        so the cache stays small."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def reject(self, reason: str) -> None:
         self.rejections.labels(reason).inc()

@@ -107,7 +107,7 @@ class ApiRelay:
             return self._reject("limit", 413, _too_large(endpoint, limit), cors)
         if len(body) > limit:
             return self._reject("limit", 413, _too_large(endpoint, limit), cors)
-        self._metrics.request_bytes.labels(endpoint).inc(len(body))
+        self._metrics.child(self._metrics.request_bytes, endpoint).inc(len(body))
         facts = request_facts()
         facts.request_bytes = len(body)
         query = request.raw_path.partition("?")[2].encode()
@@ -204,7 +204,8 @@ class ApiRelay:
         body = routed.body if part.body is None else part.body
         read_timeout = (self._config.upstream.settings_timeout
                         if match.endpoint == "settings" else None)
-        self._metrics.upstream_bytes.labels(match.endpoint, part.region).inc(len(body))
+        metrics = self._metrics
+        metrics.child(metrics.upstream_bytes, match.endpoint, part.region).inc(len(body))
         entry = SpoolEntry(part.region, match.endpoint, routed.method, match.upstream_path,
                            query, out_headers, body)
         if self._spool.takes_first(part.region, match.endpoint):
@@ -227,8 +228,9 @@ class ApiRelay:
     def _observe(self, region: str, endpoint: str, answer: UpstreamAnswer,
                  seconds: float) -> None:
         """Latency, answer size and region health from one upstream exchange."""
-        self._metrics.upstream_seconds.labels(region, endpoint).observe(seconds)
-        self._metrics.upstream_response_bytes.labels(endpoint, region).inc(len(answer.body))
+        metrics = self._metrics
+        metrics.child(metrics.upstream_seconds, region, endpoint).observe(seconds)
+        metrics.child(metrics.upstream_response_bytes, endpoint, region).inc(len(answer.body))
         request_facts().upstream_took(seconds)
         if answer.status >= 500:   # reachable, but not serving: not ready either
             self._health.failed(region, f"answered {answer.status}")
