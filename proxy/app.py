@@ -14,6 +14,7 @@ from .config import Config
 from .health import RegionHealth
 from .metrics import Metrics
 from .ops import install_ops, ops_paths
+from .parser_refusals import parser_refusal_counter
 from .privacy import IpPolicy
 from .relay import ApiRelay
 from .spool import Spool
@@ -44,7 +45,8 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     # read, unbounded, and the relay would forward inflated bytes still labelled as compressed.
     app = web.Application(client_max_size=max(config.limits.body.values()),
                           middlewares=[access],
-                          handler_args={"auto_decompress": False})
+                          handler_args={"auto_decompress": False,
+                                        **parser_refusal_counter(metrics)})
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = metrics
     app[UPSTREAM_KEY] = upstream

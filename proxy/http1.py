@@ -9,6 +9,8 @@ Parsing is httptools' (llhttp, the parser Node.js uses); this module only pools 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import ssl
 import time
 from collections import deque
@@ -182,7 +184,7 @@ class ConnectionPool:
             raise ExchangeError("connect", f"TLS with {self._host} failed ({exc.reason})") from exc
         except OSError as exc:
             raise ExchangeError("connect", f"cannot connect to {self._host} "
-                                           f"({exc.strerror or exc})") from exc
+                                           f"({_os_reason(exc)})") from exc
         return connection
 
     def _release(self, connection: _Connection) -> None:
@@ -195,3 +197,11 @@ class ConnectionPool:
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
+
+
+def _os_reason(exc: OSError) -> str:
+    """Why a connection failed, without the resolved address and port that asyncio writes into
+    its messages: a client-facing answer has no business telling them."""
+    if isinstance(exc, socket.gaierror):
+        return exc.strerror or "name resolution failed"
+    return os.strerror(exc.errno) if exc.errno else type(exc).__name__

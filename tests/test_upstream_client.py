@@ -183,6 +183,8 @@ async def test_connection_refused_and_header_injection(client: UpstreamClient) -
     with pytest.raises(UpstreamFailure) as caught:
         await client.send("GET", url, {}, None)
     assert caught.value.kind == "connect"
+    # The reason, never the resolved address and port (the client sees this message).
+    assert caught.value.message == "cannot connect to 127.0.0.1 (Connection refused)"
     with pytest.raises(UpstreamFailure, match="line break"):
         await client.send("GET", url, {"X-Evil": "a\r\nHost: evil"}, None)
 
