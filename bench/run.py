@@ -343,8 +343,8 @@ def run_scenario(name: str, scenario: Scenario, contenders: dict[str, tuple[str,
     runs: dict[str, list[Result]] = {contender: [] for contender in contenders}
     for _ in range(args.rounds):
         for contender, (base, pids) in contenders.items():
-            path = scenario.nginx_path if contender == "nginx" and scenario.nginx_path \
-                else scenario.path
+            baseline = contender in ("nginx", "nginx_tls")
+            path = scenario.nginx_path if baseline and scenario.nginx_path else scenario.path
             runs[contender].append(measure(name, contender, base + path, script,
                                            scenario.connections, args.duration, pids,
                                            scenario.size))
