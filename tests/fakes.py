@@ -49,6 +49,7 @@ class FakeUpstream:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     server: TestServer | None = None
+    _down_port: int = 0
 
     def app(self) -> web.Application:
         # Record the bytes exactly as they crossed the wire: no inflating of gzip bodies.
@@ -97,3 +98,13 @@ class FakeUpstream:
 
     def clear(self) -> None:
         self.received.clear()
+
+    async def go_down(self) -> None:
+        """Stop listening: connections are refused until `come_back` (on the same port)."""
+        assert self.server is not None and self.server.port is not None
+        self._down_port = self.server.port
+        await self.server.close()
+
+    async def come_back(self) -> None:
+        self.server = TestServer(self.app(), host="127.0.0.1", port=self._down_port)
+        await self.server.start_server()

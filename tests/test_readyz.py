@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from proxy.health import RegionHealth
@@ -38,19 +38,6 @@ async def wait_for(client: TestClient[Any, Any], ready: bool) -> dict[str, Any]:
     raise AssertionError(f"/readyz never became ready={ready}: {body}")
 
 
-async def stop(fake: FakeUpstream) -> int:
-    assert fake.server is not None
-    port = fake.server.port
-    assert port is not None
-    await fake.server.close()
-    return port
-
-
-async def restart(fake: FakeUpstream, port: int) -> None:
-    fake.server = TestServer(fake.app(), host="127.0.0.1", port=port)
-    await fake.server.start_server()
-
-
 async def send(client: TestClient[Any, Any], region: str) -> int:
     response = await client.post("/track", data=browser_form([event(TOKENS[region])]),
                                  headers=FORM)
@@ -67,14 +54,14 @@ async def test_flips_with_a_region_and_back_through_probes(
     probe = upstreams["eu"].received[0]
     assert (probe.method, probe.path, probe.body) == ("GET", "/", b"")
 
-    port = await stop(upstreams["eu"])
+    await upstreams["eu"].go_down()
     body = await wait_for(client, ready=False)
     assert body["failed"] == ["region.eu"]
     assert body["checks"]["region.eu"]["ok"] is False
     assert "cannot connect" in body["checks"]["region.eu"]["detail"]
     assert body["checks"]["region.us"]["ok"] is True
 
-    await restart(upstreams["eu"], port)
+    await upstreams["eu"].come_back()
     body = await wait_for(client, ready=True)
     assert body["failed"] == []
     metrics = (await client.get("/metrics")).text
@@ -94,12 +81,12 @@ async def test_flips_with_real_traffic_alone(
         assert await send(client, region) == 200
     await wait_for(client, ready=True)
 
-    port = await stop(upstreams["in"])
+    await upstreams["in"].go_down()
     assert await send(client, "in") == 503
     status, body = await readyz(client)
     assert status == 503
     assert body["failed"] == ["region.in"]
-    await restart(upstreams["in"], port)
+    await upstreams["in"].come_back()
     assert await send(client, "in") == 200
     await wait_for(client, ready=True)
 

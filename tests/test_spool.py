@@ -11,7 +11,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
@@ -35,19 +35,6 @@ def on_disk(tmp_path: Path, table: str = "entries") -> list[sqlite3.Row]:
         return conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
     finally:
         conn.close()
-
-
-async def take_down(fake: FakeUpstream) -> int:
-    assert fake.server is not None
-    port = fake.server.port
-    assert port is not None
-    await fake.server.close()
-    return port
-
-
-async def bring_up(fake: FakeUpstream, port: int) -> None:
-    fake.server = TestServer(fake.app(), host="127.0.0.1", port=port)
-    await fake.server.start_server()
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -99,7 +86,7 @@ async def test_down_then_back_delivers_byte_identical(
 
     registry = CollectorRegistry()
     client = await make_relay(spool_config(tmp_path), registry=registry)
-    port = await take_down(us)
+    await us.go_down()
     await send_all(client)
     rows = on_disk(tmp_path)
     assert [(row["endpoint"], bytes(row["body"])) for row in rows] == [
@@ -109,7 +96,7 @@ async def test_down_then_back_delivers_byte_identical(
     assert sample(registry, "mixpanel_proxy_spool_bytes", kind="live") > sum(
         len(body) for _, body, _, _ in REQUESTS)
 
-    await bring_up(us, port)
+    await us.come_back()
     await eventually(lambda: len(us.received) >= len(REQUESTS), what="the drain")
     await eventually(lambda: not on_disk(tmp_path), what="an empty spool")
     assert [wire(received) for received in us.received] == reference
@@ -155,11 +142,11 @@ async def test_400_goes_to_dead_letter_with_the_answer(
     us = upstreams["us"]
     registry = CollectorRegistry()
     client = await make_relay(spool_config(tmp_path), registry=registry)
-    port = await take_down(us)
+    await us.go_down()
     body = browser_form(fresh(US_TOKEN))
     assert (await client.post("/track/", data=body, headers=FORM)).status == 200
     us.answer(400, {"status": 0, "error": "invalid data"}, {"Content-Type": "application/json"})
-    await bring_up(us, port)
+    await us.come_back()
     await eventually(lambda: on_disk(tmp_path, "dead"), what="the dead letter")
     dead = on_disk(tmp_path, "dead")
     assert len(dead) == 1 and bytes(dead[0]["body"]) == body
@@ -177,7 +164,7 @@ async def test_track_older_than_five_days_goes_to_dead_letter(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
     us = upstreams["us"]
     client = await make_relay(spool_config(tmp_path))
-    port = await take_down(us)
+    await us.go_down()
     stale = event(US_TOKEN, time=time.time() - 6 * 86400)
     fresh = event(US_TOKEN, time=(time.time() - 3600) * 1000)    # milliseconds are understood
     big_stale = [event(US_TOKEN, f"e{n}", pad="x" * 400, time=time.time() - 6 * 86400)
@@ -185,7 +172,7 @@ async def test_track_older_than_five_days_goes_to_dead_letter(
     for payload in (stale, fresh, big_stale):
         assert (await client.post("/track/", data=browser_form(payload), headers=FORM)
                 ).status == 200
-    await bring_up(us, port)
+    await us.come_back()
     await eventually(lambda: len(us.received) == 1 and not on_disk(tmp_path), what="the drain")
     assert us.received[0].records()[0]["properties"]["time"] == fresh["properties"]["time"]
     dead = on_disk(tmp_path, "dead")
@@ -199,7 +186,7 @@ async def test_full_spool_answers_503_with_retry_after(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
     registry = CollectorRegistry()
     client = await make_relay(spool_config(tmp_path, max_bytes=2048), registry=registry)
-    await take_down(upstreams["us"])
+    await upstreams["us"].go_down()
     body = browser_form([fresh(US_TOKEN, "x" * 200) for _ in range(3)])
     assert 1000 < len(body) < 2000
     assert (await client.post("/track/", data=body, headers=FORM)).status == 200
@@ -268,11 +255,11 @@ async def test_a_200_that_says_0_is_a_refusal(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
     us = upstreams["us"]
     client = await make_relay(spool_config(tmp_path))
-    port = await take_down(us)
+    await us.go_down()
     assert (await client.post("/track/?verbose=1", data=browser_form(fresh(US_TOKEN)),
                               headers=FORM)).status == 200
     us.answer(200, {"status": 0, "error": "token missing"}, {"Content-Type": "application/json"})
-    await bring_up(us, port)
+    await us.come_back()
     await eventually(lambda: on_disk(tmp_path, "dead"), what="the dead letter")
     dead = on_disk(tmp_path, "dead")[0]
     assert dead["reason"] == "the upstream refused the payload: token missing"

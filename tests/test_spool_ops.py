@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import tomli_w
-from aiohttp.test_utils import TestServer
 
 from proxy.app import create_app
 from proxy.cli import main
@@ -136,17 +135,13 @@ async def test_two_relays_share_a_file_and_one_drains(
     us = upstreams["us"]
     first = await make_relay(spool_config(tmp_path))
     second = await make_relay(spool_config(tmp_path))
-    assert us.server is not None
-    port = us.server.port
-    assert port is not None
-    await us.server.close()
+    await us.go_down()
     bodies = [browser_form(fresh(US_TOKEN, f"e{n}")) for n in range(4)]
     for n, body in enumerate(bodies):
         relay = first if n % 2 else second
         assert (await relay.post("/track/", data=body, headers=FORM)).status == 200
     assert len(on_disk(tmp_path)) == 4
     await first.close()                       # the drain owner stops; the other takes over
-    us.server = TestServer(us.app(), host="127.0.0.1", port=port)
-    await us.server.start_server()
+    await us.come_back()
     await eventually(lambda: not on_disk(tmp_path), what="the takeover drain")
     assert sorted(received.body for received in us.received) == sorted(bodies)

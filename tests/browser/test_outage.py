@@ -6,7 +6,6 @@ relay exposes that header to cross-origin scripts."""
 from __future__ import annotations
 
 import pytest
-from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser
 
 from tests.browser.harness import (
@@ -43,9 +42,7 @@ async def test_events_tracked_while_the_upstream_is_down_all_arrive(
         browser: Browser, site: Site, relay: str,
         upstreams: dict[str, FakeUpstream]) -> None:
     us = upstreams["us"]
-    assert us.server is not None
-    port = us.server.port
-    await us.server.close()   # connection refused from now on
+    await us.go_down()   # connection refused from now on
     tab = await open_tab(browser)
     await tab.goto_and_wait_loaded(site.add(snippet_page(relay, US_TOKEN, OPTIONS, "")))
     await tab.evaluate(TRACK_DURING_OUTAGE)
@@ -53,8 +50,7 @@ async def test_events_tracked_while_the_upstream_is_down_all_arrive(
                      and 503 in tab.statuses("/engage"),
                      "the relay answering 503 to the SDK's retries")
 
-    us.server = TestServer(us.app(), host="127.0.0.1", port=port)
-    await us.server.start_server()
+    await us.come_back()
     await eventually(lambda: sorted(set(outage_events(us))) == list(range(EVENTS))
                      and records(us, "engage") and 200 in tab.statuses("/track"),
                      "every event after the upstream came back", timeout=20)
