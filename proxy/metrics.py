@@ -54,6 +54,10 @@ class Metrics:
             "re-encoding).", ("endpoint", "region"), registry=r)
         self.split_batches = Counter(
             "mixpanel_proxy_split_batches", "Batches split across regions.", registry=r)
+        self.rewritten = Counter(
+            "mixpanel_proxy_rewritten_payloads", "Requests whose payload the relay re-encoded "
+            "(a batch split across regions, or changed by [privacy] / [payload]).",
+            ("endpoint",), registry=r)
         self.coalesced = Counter(
             "mixpanel_proxy_coalesced_requests", "Client /track requests answered from a merged "
             "upstream batch ([coalesce]).", ("region",), registry=r)

@@ -122,6 +122,8 @@ class ApiRelay:
             return self._reject(exc.reason, exc.status, exc.message, cors)
         except UnknownToken as exc:
             return self._reject(exc.reason, exc.status, exc.message, cors)
+        if any(part.body is not None or part.query is not None for part in plan.parts):
+            self._metrics.child(self._metrics.rewritten, endpoint).inc()
         wait = self._rate.check_tokens(plan.tokens)
         if wait:
             return self._rate_limited("this project token", "token_per_second", wait, cors)

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from mixpanel import Consumer, Mixpanel
+from prometheus_client import CollectorRegistry
 
 from proxy.codec import extract_data
 from tests.bombs import gzip_zeros
@@ -38,9 +39,15 @@ def scrubbed(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "properties": properties}
 
 
+def rewritten(registry: CollectorRegistry) -> float:
+    return registry.get_sample_value("mixpanel_proxy_rewritten_payloads_total",
+                                     {"endpoint": "track"}) or 0.0
+
+
 async def test_browser_batch_arrives_scrubbed_and_gzipped(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream]) -> None:
-    client = await make_relay(SCRUB)
+    registry = CollectorRegistry()
+    client = await make_relay(SCRUB, registry=registry)
     batch = [page_view(US_TOKEN, i, **{"$email": f"u{i}@x.io"}, note="write to u@x.io please",
                        ip="198.51.100.9", plan="pro") for i in range(40)]
     response = await client.session.post(raw_url(client, f"/track/?{QUERY}"),
@@ -53,17 +60,20 @@ async def test_browser_batch_arrives_scrubbed_and_gzipped(
     assert got.query == QUERY                                  # ip=1 kept: city-level geo
     assert got.headers["X-Forwarded-For"] == got.headers["X-Real-IP"] == "203.0.113.0"
     assert got.plain_body().startswith(b"data=%5B%7B%22event%22%3A%22page%20view%22")
+    assert rewritten(registry) == 1
 
 
 async def test_unaffected_payload_keeps_its_original_bytes(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream]) -> None:
-    client = await make_relay(SCRUB)
+    registry = CollectorRegistry()
+    client = await make_relay(SCRUB, registry=registry)
     body = browser_form([page_view(US_TOKEN, plan="pro")])       # base64, nothing to scrub
     assert (await client.post(f"/track/?{QUERY}", data=body, headers={**FORM, **CLIENT})
             ).status == 200
     [got] = upstreams["us"].received
     assert got.body == body and "Content-Encoding" not in got.headers
     assert got.headers["X-Forwarded-For"] == "203.0.113.0"      # headers follow policy anyway
+    assert rewritten(registry) == 0
 
 
 async def test_replay_bodies_are_byte_identical(
