@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -19,8 +19,6 @@ from .privacy import IpPolicy
 from .relay import ApiRelay
 from .spool import Spool
 from .upstream import UpstreamClient
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CONFIG_KEY = web.AppKey("config", Config)
 METRICS_KEY = web.AppKey("metrics", Metrics)

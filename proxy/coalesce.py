@@ -51,7 +51,7 @@ def coalescible_events(query: bytes, body: bytes, client_ip: str) -> list[dict[s
     not objects with properties."""
     if not _plain_query(query):
         return None
-    if body.count(b"&") and not all(part.split(b"=", 1)[0] in (b"data", b"verbose", b"ip")
+    if b"&" in body and not all(part.split(b"=", 1)[0] in (b"data", b"verbose", b"ip")
                                     for part in body.split(b"&")):
         return None
     value = extract_data(body, b"")

@@ -49,10 +49,6 @@ class RateLimiter:
         self._by_token = (TokenBuckets(config.token_per_second, config.token_burst, clock=clock)
                           if config.token_per_second > 0 else None)
 
-    @property
-    def limits_tokens(self) -> bool:
-        return self._by_token is not None
-
     def check_ip(self, client_ip: str) -> int:
         """0 when the client may go on, else the Retry-After seconds to answer with."""
         return _retry_after(self._by_ip.take(client_ip)) if self._by_ip else 0

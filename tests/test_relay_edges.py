@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 
 from tests.conftest import RelayFactory
 from tests.fakes import FakeUpstream
+from tests.faulty import closed_port
 from tests.helpers import FORM, basic
 
 ORIGIN = {"Origin": "https://shop.example"}
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_upstream_down_is_503_with_retry_after(make_relay: RelayFactory) -> None:
