@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from prometheus_client import CollectorRegistry
 
-from proxy.accesslog import RequestFacts, access_line, access_middleware, ip_policy
+from proxy.accesslog import AccessRecorder, RequestFacts, access_line, access_middleware, ip_policy
 from proxy.health import RegionHealth
 from proxy.metrics import Metrics
 
@@ -28,7 +28,8 @@ def best(function: object, number: int) -> float:
 
 
 async def middleware_cost(metrics: Metrics, log_on: bool, number: int) -> float:
-    middleware = access_middleware(metrics, log_on, ip_policy("truncated"), frozenset())
+    recorder = AccessRecorder(metrics, log_on, ip_policy("truncated"))
+    middleware = access_middleware(recorder, frozenset())
     request = make_mocked_request("POST", "/track", headers={"Content-Length": "120"})
     answer = web.Response(body=b"1")
 

@@ -14,9 +14,9 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -27,8 +27,8 @@ from .config import Config
 from .metrics import Metrics
 
 __all__ = [
-    "ACCESS_LOGGER", "RequestFacts", "access_middleware", "asset_prefixes", "ip_policy",
-    "request_facts",
+    "ACCESS_LOGGER", "AccessRecorder", "RequestFacts", "access_middleware", "asset_prefixes",
+    "ip_policy", "request_facts",
 ]
 
 ACCESS_LOGGER = logging.getLogger("mixpanel_proxy.access")
@@ -118,18 +118,48 @@ def asset_prefixes(config: Config) -> tuple[str, ...]:
     return (config.assets.path, *(ROOT_ALIASES if config.assets.aliases else ()))
 
 
-def access_middleware(metrics: Metrics, log_enabled: bool, anonymize: Anonymizer,
-                      quiet_paths: Collection[str], assets: tuple[str, ...] = (),
+class AccessRecorder:
+    """Per-request bookkeeping shared by the aiohttp middleware and the lean edge: opens the
+    request's facts, then counts answer bytes and writes the access line."""
+
+    def __init__(self, metrics: Metrics, log_enabled: bool, anonymize: Anonymizer,
+                 assets: tuple[str, ...] = ()) -> None:
+        self._metrics = metrics
+        self._log_enabled = log_enabled
+        self._anonymize = anonymize
+        self._assets = assets
+        self._response_bytes: dict[str, Counter] = {}   # label children, one lookup per endpoint
+
+    def open(self) -> tuple[RequestFacts, Token[RequestFacts | None]]:
+        facts = RequestFacts()
+        return facts, _current.set(facts)
+
+    def close(self, request: Seen, facts: RequestFacts, token: Token[RequestFacts | None],
+              status: int, size: int, started: float) -> None:
+        _current.reset(token)
+        if facts.endpoint == "none" and self._assets and request.path.startswith(self._assets):
+            facts.endpoint = "assets"
+        counter = self._response_bytes.get(facts.endpoint)
+        if counter is None:
+            counter = self._response_bytes[facts.endpoint] = \
+                self._metrics.response_bytes.labels(facts.endpoint)
+        counter.inc(size)
+        if self._log_enabled and ACCESS_LOGGER.isEnabledFor(logging.INFO):
+            line = access_line(request, facts, status, size, time.perf_counter() - started,
+                               self._anonymize)
+            # A record made directly: Logger.info() would walk the stack to find its caller
+            # on every request (findCaller), which costs more than the line itself.
+            ACCESS_LOGGER.handle(logging.LogRecord(
+                ACCESS_LOGGER.name, logging.INFO, __file__, 0, line, None, None))
+
+
+def access_middleware(recorder: AccessRecorder, quiet_paths: Collection[str],
                       refuse: Refusal | None = None) -> Middleware:
-    """Counts answer bytes and writes the access line; `quiet_paths` (probes, scrapes) skip both.
+    """The recorder around every aiohttp-served request; `quiet_paths` (probes, scrapes) skip it.
 
-    `anonymize` is the hook the privacy policy shapes; `log_enabled` is `[log] access`;
-    `assets` are the asset relay's path prefixes; `refuse` answers aiohttp's own refusals (one
-    middleware doing both: every middleware layer costs each request a wrapper call).
+    `refuse` answers aiohttp's own refusals (one middleware doing both: every middleware layer
+    costs each request a wrapper call).
     """
-
-
-    response_bytes: dict[str, Counter] = {}     # label children, looked up once per endpoint
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -140,8 +170,7 @@ def access_middleware(metrics: Metrics, log_enabled: bool, anonymize: Anonymizer
                 if refuse is None:
                     raise
                 return refuse(request, exc)
-        facts = RequestFacts()
-        token = _current.set(facts)
+        facts, token = recorder.open()
         started = time.perf_counter()
         status = 500
         size = 0
@@ -156,26 +185,25 @@ def access_middleware(metrics: Metrics, log_enabled: bool, anonymize: Anonymizer
             size = response.content_length or 0
             return response
         finally:
-            _current.reset(token)
-            if facts.endpoint == "none" and assets and request.path.startswith(assets):
-                facts.endpoint = "assets"
-            counter = response_bytes.get(facts.endpoint)
-            if counter is None:
-                counter = response_bytes[facts.endpoint] = metrics.response_bytes.labels(
-                    facts.endpoint)
-            counter.inc(size)
-            if log_enabled and ACCESS_LOGGER.isEnabledFor(logging.INFO):
-                line = access_line(request, facts, status, size, time.perf_counter() - started,
-                                   anonymize)
-                # A record made directly: Logger.info() would walk the stack to find its caller
-                # on every request (findCaller), which costs more than the line itself.
-                ACCESS_LOGGER.handle(logging.LogRecord(
-                    ACCESS_LOGGER.name, logging.INFO, __file__, 0, line, None, None))
+            recorder.close(request, facts, token, status, size, started)
 
     return middleware
 
 
-def access_line(request: web.Request, facts: RequestFacts, status: int, size: int,
+class Seen(Protocol):
+    """What the access line reads of a request (aiohttp's, or the lean edge's)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def remote(self) -> str | None: ...
+    @property
+    def content_length(self) -> int | None: ...
+
+
+def access_line(request: Seen, facts: RequestFacts, status: int, size: int,
                 elapsed: float, anonymize: Anonymizer) -> str:
     """One JSON object. Closed-set values are written directly; client-chosen text is escaped."""
     path = json.dumps(request.path[:_MAX_PATH]) if facts.endpoint in _PATHS_LOGGED else '""'
@@ -203,5 +231,5 @@ def _timestamp() -> str:
     return f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
 
 
-def _bytes_in(request: web.Request, facts: RequestFacts) -> int:
+def _bytes_in(request: Seen, facts: RequestFacts) -> int:
     return facts.request_bytes if facts.request_bytes >= 0 else request.content_length or 0

@@ -8,7 +8,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from . import answers
-from .accesslog import access_middleware, asset_prefixes, ip_policy, request_facts
+from .accesslog import AccessRecorder, access_middleware, asset_prefixes, ip_policy, request_facts
 from .assets import add_assets
 from .config import Config
 from .health import RegionHealth
@@ -24,6 +24,7 @@ CONFIG_KEY = web.AppKey("config", Config)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 UPSTREAM_KEY = web.AppKey("upstream", UpstreamClient)
 RELAY_KEY = web.AppKey("relay", ApiRelay)
+ACCESS_KEY = web.AppKey("access", AccessRecorder)
 
 
 def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
@@ -34,9 +35,9 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     relay = ApiRelay(config, upstream, metrics, health=health, spool=spool)
     # The access log never shows more of a client IP than [privacy] lets the upstream see.
     privacy_ip = IpPolicy(config.privacy).upstream_ip if config.privacy.ip != "full" else None
-    access = access_middleware(metrics, config.log.access,
-                               ip_policy(config.log.client_ip, privacy_ip), ops_paths(config),
-                               asset_prefixes(config), refuse=_json_refusal)
+    recorder = AccessRecorder(metrics, config.log.access,
+                              ip_policy(config.log.client_ip, privacy_ip), asset_prefixes(config))
+    access = access_middleware(recorder, ops_paths(config), refuse=_json_refusal)
     # aiohttp refuses bodies past client_max_size before any handler runs; the per-endpoint
     # limits (smaller) are enforced by the relay, which answers them in JSON.
     # auto_decompress=False: aiohttp would otherwise inflate gzip/deflate/br request bodies on
@@ -49,6 +50,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app[METRICS_KEY] = metrics
     app[UPSTREAM_KEY] = upstream
     app[RELAY_KEY] = relay
+    app[ACCESS_KEY] = recorder
     app.cleanup_ctx.append(_upstream_session)
     if config.spool.enabled:   # after the session: drainers send through it, and stop before it
         app.cleanup_ctx.append(spool.lifespan)

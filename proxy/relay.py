@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -33,6 +34,22 @@ from .spool import Spool, SpoolEntry
 from .upstream import UpstreamAnswer, UpstreamClient, UpstreamFailure
 
 _ALLOWED_METHODS = ("GET", "POST")
+
+
+class Incoming(Protocol):
+    """What the relay reads of a request: aiohttp's `web.Request`, or the lean edge's."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def raw_path(self) -> str: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def remote(self) -> str | None: ...
+    @property
+    def content_length(self) -> int | None: ...
+    async def read(self) -> bytes: ...
 
 
 class ApiRelay:
@@ -64,13 +81,14 @@ class ApiRelay:
     def match(self, raw_target: str) -> PathMatch | None:
         return self._paths.match(raw_target.partition("?")[0])
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: Incoming, match: PathMatch | None = None) -> web.Response:
+        """`match`: the target's, when the caller (the lean edge) has already matched it."""
         origin = request.headers.get("Origin")
         cors = self._cors.headers(origin)
         if not request.raw_path.startswith("/"):
             return self._reject("bad_request", 400, "absolute-form request targets are refused: "
                                 "this relay is not a forward proxy", cors)
-        match = self.match(request.raw_path)
+        match = match or self.match(request.raw_path)
         if match is None:
             return self._reject("not_found", 404, "no such endpoint", cors)
         request_facts().endpoint = match.endpoint
@@ -87,8 +105,8 @@ class ApiRelay:
         finally:
             self._metrics.in_flight.dec()
 
-    async def _relay(self, request: web.Request, match: PathMatch,
-                     cors: dict[str, str]) -> web.StreamResponse:
+    async def _relay(self, request: Incoming, match: PathMatch,
+                     cors: dict[str, str]) -> web.Response:
         endpoint = match.endpoint
         limit = self._limits[endpoint]
         headers = request.headers
@@ -132,7 +150,7 @@ class ApiRelay:
         return await self._forward_split(routed, match, plan, headers, client_ip, cors)
 
     async def _forward_whole(self, routed: RoutedRequest, match: PathMatch, part: Part,
-                             headers: CIMultiDictProxy[str], client_ip: str,
+                             headers: Mapping[str, str], client_ip: str,
                              cors: dict[str, str]) -> web.Response:
         if self._coalescer is not None and self._coalescible(routed, match, part):
             outcome = await self._coalescer.forward(
@@ -182,7 +200,7 @@ class ApiRelay:
         return result
 
     async def _forward_split(self, routed: RoutedRequest, match: PathMatch, plan: Plan,
-                             headers: CIMultiDictProxy[str], client_ip: str,
+                             headers: Mapping[str, str], client_ip: str,
                              cors: dict[str, str]) -> web.Response:
         self._metrics.split_batches.inc()
         outcomes = await asyncio.gather(*(
@@ -194,7 +212,7 @@ class ApiRelay:
         return self._combine(routed, responses, cors)
 
     async def _send(self, routed: RoutedRequest, match: PathMatch, part: Part,
-                    headers: CIMultiDictProxy[str],
+                    headers: Mapping[str, str],
                     client_ip: str) -> UpstreamAnswer | UpstreamFailure:
         query = routed.query if part.query is None else part.query
         target = self._base_urls[(part.region, match.endpoint)] + match.upstream_path

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from .app import create_app
 from .config import Config
+from .edge import EdgeSite
 
 log = logging.getLogger("mixpanel_proxy.worker")
 
@@ -81,7 +82,8 @@ async def _serve(config: Config, sock: socket.socket, ready_fd: int, parent_pid:
                            shutdown_timeout=config.server.shutdown_timeout - grace)
     try:
         await runner.setup()
-        site = web.SockSite(runner, sock)
+        site = EdgeSite(runner, sock, keepalive_timeout=KEEPALIVE_TIMEOUT,
+                        shutdown_timeout=config.server.shutdown_timeout - grace)
         await site.start()
     except Exception:
         log.exception("worker %d could not start", os.getpid())
@@ -91,10 +93,12 @@ async def _serve(config: Config, sock: socket.socket, ready_fd: int, parent_pid:
     watcher = asyncio.create_task(_watch_parent(parent_pid, stop))
     await stop.wait()
     watcher.cancel()
-    await site.stop()            # stop accepting; the other workers take the queue from here
+    site.stop_accepting()        # the other workers take the queue from here
     draining.active = True
     await asyncio.sleep(grace)
-    await runner.cleanup()       # closes idle connections, waits for in-flight, runs cleanup_ctx
+    # Closes idle connections, waits for in-flight requests (the edge's, then aiohttp's), runs
+    # the app's cleanup.
+    await runner.cleanup()
     return 0
 
 

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.app import create_app
 from proxy.config import parse_config
+from tests.edge_server import EdgeTestServer
 from tests.fake_cdn import FakeCdn
 from tests.fakes import FakeUpstream
 
@@ -67,13 +68,19 @@ def relay_config(upstreams: dict[str, FakeUpstream], extra: dict[str, Any] | Non
 
 
 @pytest.fixture
-async def make_relay(upstreams: dict[str, FakeUpstream], aiohttp_client: Any) -> RelayFactory:
+async def make_relay(upstreams: dict[str, FakeUpstream]) -> AsyncIterator[RelayFactory]:
+    """Relays served as a worker serves them: through the lean edge (tests/edge_server.py)."""
+    clients: list[TestClient[Any, Any]] = []
+
     async def factory(extra: dict[str, Any] | None = None, projects: bool = False,
                       registry: CollectorRegistry | None = None) -> TestClient[Any, Any]:
         config = parse_config(relay_config(upstreams, extra, projects))
         app = create_app(config, registry=registry or CollectorRegistry())
-        client: TestClient[Any, Any] = await aiohttp_client(
-            app, server_kwargs={"host": "127.0.0.1"})
+        client: TestClient[Any, Any] = TestClient(EdgeTestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
         return client
 
-    return factory
+    yield factory
+    for client in clients:
+        await client.close()

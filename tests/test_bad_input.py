@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from proxy.app import create_app
@@ -30,6 +30,7 @@ from proxy.config import parse_config
 from proxy.endpoints import ENDPOINTS
 from tests.bombs import brotli_zeros, gzip_zeros, zlib_zeros
 from tests.conftest import US_TOKEN, RelayFactory, relay_config
+from tests.edge_server import EdgeTestServer
 from tests.fake_cdn import FakeCdn
 from tests.fakes import FakeUpstream
 from tests.faulty import insert_ids, numbered_events
@@ -277,10 +278,12 @@ async def trickle(port: int, request: bytes, pause: float) -> bytes:
 async def test_slowloris_is_cut_off_and_others_are_served(
         upstreams: dict[str, FakeUpstream]) -> None:
     """Headers trickled in: the connection is dropped at the keep-alive timeout (proxy/worker.py
-    KEEPALIVE_TIMEOUT, 1 s here), nothing is forwarded, and meanwhile other clients are served."""
+    KEEPALIVE_TIMEOUT, 1 s here; the edge's sweeper enforces it), nothing is forwarded, and
+    meanwhile other clients are served."""
     config = parse_config(relay_config(upstreams))
-    server = TestServer(create_app(config, registry=CollectorRegistry()), host="127.0.0.1")
-    await server.start_server(keepalive_timeout=1.0)
+    server = EdgeTestServer(create_app(config, registry=CollectorRegistry()), host="127.0.0.1",
+                            keepalive_timeout=1.0)
+    await server.start_server()
     try:
         port = server.port
         assert port is not None

@@ -1,0 +1,82 @@
+"""`EdgeSite`: an aiohttp site whose connections start on the lean edge (connection.py).
+
+It listens where a `web.SockSite` would, on the same runner, so the app's startup and cleanup,
+its aiohttp handlers and their shutdown are unchanged; it adds what aiohttp's protocol would
+otherwise do for the connections the edge keeps: the keep-alive timeout (which also cuts off a
+head trickled in byte by byte) and a drain that lets requests in flight finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from typing import cast
+
+from aiohttp import web
+
+from ..app import ACCESS_KEY, CONFIG_KEY, RELAY_KEY
+from .connection import Edge, EdgeConnection
+
+__all__ = ["EdgeSite"]
+
+
+class EdgeSite(web.SockSite):
+    def __init__(self, runner: web.AppRunner, sock: socket.socket, *,
+                 keepalive_timeout: float = 75.0, shutdown_timeout: float = 60.0,
+                 backlog: int = 2048) -> None:
+        super().__init__(runner, sock, backlog=backlog)
+        self._keepalive_timeout = keepalive_timeout
+        self._shutdown_timeout = shutdown_timeout
+        self._edge: Edge | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)            # registers the site with its runner
+        runner = cast(web.AppRunner, self._runner)
+        app, server = runner.app, runner.server
+        assert server is not None
+        edge = self._edge = Edge(app[RELAY_KEY], app[ACCESS_KEY],
+                                 app[CONFIG_KEY].limits.body, server)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: EdgeConnection(edge),
+                                                sock=self._sock, backlog=self._backlog)
+        self._sweeper = loop.create_task(self._sweep())
+
+    def stop_accepting(self) -> None:
+        """Close this process's listening socket; answers from now on close their connection."""
+        if self._server is not None:
+            self._server.close()
+        if self._edge is not None:
+            self._edge.draining = True
+
+    async def stop(self) -> None:
+        """Stop accepting, close idle connections, let requests in flight finish (bounded)."""
+        self.stop_accepting()
+        await super().stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        edge = self._edge
+        if edge is None:
+            return
+        for connection in list(edge.connections):
+            if not connection.busy:
+                connection.close()
+        if edge.busy:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(edge.idle.wait(), self._shutdown_timeout)
+        for connection in list(edge.connections):
+            connection.close()
+
+    async def _sweep(self) -> None:
+        """Close connections idle past the keep-alive timeout, and heads that never complete."""
+        edge = self._edge
+        assert edge is not None
+        timeout = self._keepalive_timeout
+        while True:
+            await asyncio.sleep(min(5.0, timeout / 4))
+            deadline = time.monotonic() - timeout
+            for connection in list(edge.connections):
+                if not connection.busy and connection.idle_since < deadline:
+                    connection.close()

@@ -1,0 +1,39 @@
+"""A test server that serves the app the way a worker does: through the lean edge (EdgeSite).
+
+aiohttp's TestServer listens with a plain SockSite; this one listens with `proxy.edge.EdgeSite`,
+so a test's requests take the production path: plain SDK requests answered by the edge, anything
+else handed over to aiohttp with its bytes intact.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from yarl import URL
+
+from proxy.edge import EdgeSite
+
+
+class EdgeTestServer(TestServer):
+    def __init__(self, *args: Any, keepalive_timeout: float = 75.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._keepalive_timeout = keepalive_timeout
+
+    async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
+        if self.runner:
+            return
+        runner = await self._make_runner(
+            handler_cancellation=True, keepalive_timeout=self._keepalive_timeout, **kwargs)
+        assert isinstance(runner, web.AppRunner)
+        self.runner = runner
+        await runner.setup()
+        sock = socket.create_server((self.host, 0))
+        self.port = sock.getsockname()[1]
+        site = EdgeSite(runner, sock, keepalive_timeout=self._keepalive_timeout,
+                        shutdown_timeout=5.0)
+        await site.start()
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
