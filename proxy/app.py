@@ -57,7 +57,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     install_ops(app, config, metrics, health, upstream)   # /healthz /readyz /metrics /status
     # Before the catch-all, which would take /libs/; after install_ops (the status board).
     add_assets(app, config, upstream, metrics)
-    app.router.add_route("*", "/{tail:.*}", relay.handle)
+    app.router.add_route("*", "/{tail:.*}", relay.handle_aiohttp)
     return app
 
 

@@ -14,12 +14,16 @@ from functools import lru_cache
 from .config.reader import Network
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_PEERS_KEPT = 4096
 
 
 class ClientIPResolver:
     def __init__(self, trusted: Sequence[Network], client_ip_header: str | None = None) -> None:
         self._trusted = tuple(trusted)
         self._header = client_ip_header
+        # peer text -> (its IP as text, trusted?): the same few peers (the front, or clients on
+        # keep-alive connections) come back on every request.
+        self._peers: dict[str, tuple[str, bool]] = {}
 
     def is_trusted(self, address: str | None) -> bool:
         ip = _parse_ip(address)
@@ -31,9 +35,16 @@ class ClientIPResolver:
     def resolve(self, peer: str | None, xff: str | None, x_real_ip: str | None,
                 header_ip: str | None = None) -> str:
         """The client's IP: the peer, or what trusted hops say about who sent them the request."""
+        known = self._peers.get(peer) if peer else None
+        if known is not None and (not known[1] or not (xff or x_real_ip or header_ip)):
+            return known[0]
         peer_ip = _parse_ip(peer)
         if peer_ip is None:
             return peer or ""
+        if known is None and peer:
+            if len(self._peers) >= _PEERS_KEPT:
+                self._peers.clear()
+            self._peers[peer] = (str(peer_ip), bool(self._trusted) and self._trusted_ip(peer_ip))
         if not self._trusted or not self._trusted_ip(peer_ip):
             return str(peer_ip)
         if self._header and header_ip:

@@ -93,12 +93,20 @@ class _Connection(asyncio.Protocol):
         self._finish()
 
     # the exchange
-    async def exchange(self, request: bytes) -> RawAnswer:
+    async def exchange(self, request: bytes, read_timeout: float, host: str) -> RawAnswer:
         assert self.transport is not None
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[RawAnswer] = loop.create_future()
+        self._waiter = waiter
         self._headers, self._body, self._size, self._received = [], [], 0, False
-        self.transport.write(request)
-        return await self._waiter
+        # A bare timer rather than asyncio.timeout(): this runs once per relayed request.
+        timer = loop.call_later(read_timeout, self._fail, ExchangeError(
+            "timeout", f"{host} did not answer in time"))
+        try:
+            self.transport.write(request)
+            return await waiter
+        finally:
+            timer.cancel()
 
     @property
     def reusable(self) -> bool:
@@ -123,6 +131,38 @@ class _Connection(asyncio.Protocol):
             self._waiter.set_exception(error)
 
 
+class _Slots:
+    """A semaphore whose uncontended acquire costs no coroutine machinery (asyncio.Semaphore's
+    checks every waiter on each acquire): one slot per open upstream exchange."""
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter                  # release() hands its slot over directly
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()            # handed a slot just as it was cancelled: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
 class ConnectionPool:
     """Idle keep-alive connections to one origin, at most `limit` open at once."""
 
@@ -132,10 +172,11 @@ class ConnectionPool:
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
         self._idle: deque[_Connection] = deque()
-        self._slots = asyncio.Semaphore(limit)
+        self._slots = _Slots(limit)
 
     async def request(self, raw: bytes, read_timeout: float) -> RawAnswer:
-        async with self._slots:
+        await self._slots.acquire()
+        try:
             connection = await self._acquire()
             try:
                 answer = await self._exchange(connection, raw, read_timeout)
@@ -148,15 +189,13 @@ class ConnectionPool:
                 answer = await self._exchange(connection, raw, read_timeout)
             self._release(connection)
             return answer
+        finally:
+            self._slots.release()
 
     async def _exchange(self, connection: _Connection, raw: bytes,
                         read_timeout: float) -> RawAnswer:
         try:
-            async with asyncio.timeout(read_timeout):
-                return await connection.exchange(raw)
-        except TimeoutError:
-            connection.close()
-            raise ExchangeError("timeout", f"{self._host} did not answer in time") from None
+            return await connection.exchange(raw, read_timeout, self._host)
         except (ExchangeError, asyncio.CancelledError):
             connection.close()   # mid-exchange: its next bytes would belong to this answer
             raise

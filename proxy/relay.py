@@ -17,6 +17,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from . import answers
+from .answers import Answer
 from .accesslog import request_facts
 from .clientip import ClientIPResolver
 from .coalesce import MERGED_QUERY, Coalescer, MergedAnswer, accepted
@@ -78,10 +79,14 @@ class ApiRelay:
             for region in config.regions.values() for endpoint in self._limits
         }
 
+    async def handle_aiohttp(self, request: web.Request) -> web.Response:
+        """The route handler for requests aiohttp serves (the edge hands it what is not plain)."""
+        return (await self.handle(request)).as_response()
+
     def match(self, raw_target: str) -> PathMatch | None:
         return self._paths.match(raw_target.partition("?")[0])
 
-    async def handle(self, request: Incoming, match: PathMatch | None = None) -> web.Response:
+    async def handle(self, request: Incoming, match: PathMatch | None = None) -> Answer:
         """`match`: the target's, when the caller (the lean edge) has already matched it."""
         origin = request.headers.get("Origin")
         cors = self._cors.headers(origin)
@@ -95,7 +100,7 @@ class ApiRelay:
         if not self._cors.allows(origin):
             return self._reject("cors", 403, "this Origin is not allowed", {})
         if request.method == "OPTIONS":
-            return web.Response(status=204, headers=self._cors.preflight_headers(origin))
+            return Answer(204, self._cors.preflight_headers(origin))
         if request.method not in _ALLOWED_METHODS:
             return self._reject("method", 405, f"{request.method} is not allowed here",
                                 {**cors, "Allow": "GET, POST, OPTIONS"})
@@ -106,7 +111,7 @@ class ApiRelay:
             self._metrics.in_flight.dec()
 
     async def _relay(self, request: Incoming, match: PathMatch,
-                     cors: dict[str, str]) -> web.Response:
+                     cors: dict[str, str]) -> Answer:
         endpoint = match.endpoint
         limit = self._limits[endpoint]
         headers = request.headers
@@ -151,7 +156,7 @@ class ApiRelay:
 
     async def _forward_whole(self, routed: RoutedRequest, match: PathMatch, part: Part,
                              headers: Mapping[str, str], client_ip: str,
-                             cors: dict[str, str]) -> web.Response:
+                             cors: dict[str, str]) -> Answer:
         if self._coalescer is not None and self._coalescible(routed, match, part):
             outcome = await self._coalescer.forward(
                 part.region, routed.query, routed.body if part.body is None else part.body,
@@ -201,7 +206,7 @@ class ApiRelay:
 
     async def _forward_split(self, routed: RoutedRequest, match: PathMatch, plan: Plan,
                              headers: Mapping[str, str], client_ip: str,
-                             cors: dict[str, str]) -> web.Response:
+                             cors: dict[str, str]) -> Answer:
         self._metrics.split_batches.inc()
         outcomes = await asyncio.gather(*(
             self._send(routed, match, part, headers, client_ip) for part in plan.parts))
@@ -215,8 +220,7 @@ class ApiRelay:
                     headers: Mapping[str, str],
                     client_ip: str) -> UpstreamAnswer | UpstreamFailure:
         query = routed.query if part.query is None else part.query
-        target = self._base_urls[(part.region, match.endpoint)] + match.upstream_path
-        url = URL(f"{target}?{query.decode()}" if query else target, encoded=True)
+        path_qs = f"{match.upstream_path}?{query.decode()}" if query else match.upstream_path
         out_headers = upstream_request_headers(headers, self._ip_policy.upstream_ip(client_ip),
                                                part.drop_content_encoding)
         if part.content_encoding:      # a rewritten body the router re-encoded (gzip)
@@ -234,9 +238,9 @@ class ApiRelay:
                 return stored
         started = time.perf_counter()
         try:
-            answer = await self._upstream.send(routed.method, url, out_headers,
-                                               body if body or routed.method == "POST" else None,
-                                               read_timeout)
+            answer = await self._upstream.send_to(
+                self._base_urls[(part.region, match.endpoint)], path_qs, routed.method,
+                out_headers, body if body or routed.method == "POST" else None, read_timeout)
         except UpstreamFailure as failure:
             self._metrics.upstream_failures.labels(part.region, failure.kind).inc()
             self._health.failed(part.region, failure.message)
@@ -258,30 +262,30 @@ class ApiRelay:
             self._health.succeeded(region, seconds)
 
     def _translate(self, outcome: UpstreamAnswer | UpstreamFailure,
-                   cors: dict[str, str]) -> web.Response:
+                   cors: dict[str, str]) -> Answer:
         """Map the upstream's answer to one the SDK acts on correctly (wire contract 8.4)."""
         if isinstance(outcome, UpstreamFailure):
-            return answers.error(503, f"upstream unavailable: {outcome.message}",
+            return answers.problem(503, f"upstream unavailable: {outcome.message}",
                                  {**cors, "Retry-After": self._retry_after})
         status = outcome.status
         if 200 <= status < 300 or (400 <= status < 500 and status != 429 and _is_json(outcome)):
             headers = {**client_response_headers(outcome.headers), **cors}
-            return web.Response(status=status, body=outcome.body, headers=headers)
+            return Answer(status, headers, outcome.body)
         retry_after = outcome.headers.get("Retry-After", self._retry_after)
         if status == 429:
-            return answers.error(429, "upstream rate limit", {**cors, "Retry-After": retry_after})
+            return answers.problem(429, "upstream rate limit", {**cors, "Retry-After": retry_after})
         if status >= 500 or 300 <= status < 400:
-            return answers.error(503, f"upstream answered {status}",
+            return answers.problem(503, f"upstream answered {status}",
                                  {**cors, "Retry-After": retry_after})
-        return answers.error(status, f"upstream answered {status}", cors)
+        return answers.problem(status, f"upstream answered {status}", cors)
 
-    def _combine(self, routed: RoutedRequest, responses: Sequence[web.Response],
-                 cors: dict[str, str]) -> web.Response:
+    def _combine(self, routed: RoutedRequest, responses: Sequence[Answer],
+                 cors: dict[str, str]) -> Answer:
         """One truthful answer for a split batch: 200 only when every part was accepted."""
         statuses = [response.status for response in responses]
         if all(status == 200 for status in statuses):
             body, content_type = answers.success_body(routed.endpoint, _is_verbose(routed))
-            return web.Response(status=200, body=body, content_type=content_type, headers=cors)
+            return Answer(200, {**cors, "Content-Type": content_type}, body)
         # Retryable failures first: the SDK resends the whole batch, and Mixpanel deduplicates
         # the parts that were already accepted by (event, distinct_id, time, $insert_id).
         for wanted in (429, 503):
@@ -291,16 +295,16 @@ class ApiRelay:
         return next(response for response in responses if response.status != 200)
 
     def _rate_limited(self, who: str, key: str, wait: int,
-                      cors: dict[str, str]) -> web.Response:
+                      cors: dict[str, str]) -> Answer:
         # 429 + Retry-After: the SDKs keep the batch and retry later, so nothing is dropped.
         message = f"rate limit exceeded for {who} ([limits.rate] {key}); retry in {wait} s"
         return self._reject("rate_limit", 429, message, {**cors, "Retry-After": str(wait)})
 
     def _reject(self, reason: str, status: int, message: str,
-                headers: dict[str, str]) -> web.Response:
+                headers: dict[str, str]) -> Answer:
         self._metrics.reject(reason)
         request_facts().reason = reason
-        return answers.error(status, message, headers)
+        return answers.problem(status, message, headers)
 
 
 def _too_large(endpoint: str, limit: int) -> str:

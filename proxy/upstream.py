@@ -35,6 +35,8 @@ class UpstreamClient:
         self._config = config
         self._pools: dict[tuple[str, str, int], ConnectionPool] = {}
         self._ssl: ssl.SSLContext | None = None
+        # base URL -> (its pool, Host header, path prefix), for `send_to`
+        self._bases: dict[str, tuple[ConnectionPool, str, str]] = {}
 
     async def start(self) -> None:
         self._ssl = ssl.create_default_context(cafile=self._config.ca_file or None)
@@ -43,12 +45,29 @@ class UpstreamClient:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+        self._bases.clear()
 
     async def send(self, method: str, url: URL, headers: dict[str, str], body: bytes | None,
                    read_timeout: float | None = None) -> UpstreamAnswer:
         """Send one request; the caller's headers go as given, plus Host and Content-Length."""
-        pool = self._pool(url)
-        raw = _serialize(method, url, headers, body)
+        raw = _serialize(method, url.raw_path_qs or "/", _host_header(url), headers, body)
+        return await self._exchange(self._pool(url), raw, read_timeout)
+
+    async def send_to(self, base: str, path_qs: str, method: str, headers: dict[str, str],
+                      body: bytes | None, read_timeout: float | None = None) -> UpstreamAnswer:
+        """`send` to `base` + `path_qs`, for base URLs a caller uses on every request (a region's
+        endpoint): each is parsed once."""
+        known = self._bases.get(base)
+        if known is None:
+            url = URL(base, encoded=True)
+            known = self._bases[base] = (self._pool(url), _host_header(url),
+                                         url.raw_path.rstrip("/"))
+        pool, host, prefix = known
+        raw = _serialize(method, prefix + path_qs, host, headers, body)
+        return await self._exchange(pool, raw, read_timeout)
+
+    async def _exchange(self, pool: ConnectionPool, raw: bytes,
+                        read_timeout: float | None) -> UpstreamAnswer:
         try:
             answer = await pool.request(raw, read_timeout or self._config.read_timeout)
         except ExchangeError as exc:
@@ -68,11 +87,16 @@ class UpstreamClient:
         return pool
 
 
-def _serialize(method: str, url: URL, headers: dict[str, str], body: bytes | None) -> bytes:
+def _host_header(url: URL) -> str:
     host = url.raw_host or ""
     if url.port is not None and not url.is_default_port():
         host = f"{host}:{url.port}"
-    lines = [f"{method} {url.raw_path_qs or '/'} HTTP/1.1", f"Host: {host}"]
+    return host
+
+
+def _serialize(method: str, target: str, host: str, headers: dict[str, str],
+               body: bytes | None) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
     for name, value in headers.items():
         if "\r" in value or "\n" in value:     # never let a header value start a new header
             raise UpstreamFailure("protocol", f"header {name} carries a line break")

@@ -223,7 +223,7 @@ class EdgeConnection(asyncio.Protocol):
                 response = await self._edge.relay.handle(request, head.match)
             except Exception:
                 log.exception("the relay failed on %s /%s", head.method, head.match.endpoint)
-                response = answers.error(500, "internal error")
+                response = answers.problem(500, "internal error")
             keep_alive = head.keep_alive and not self._edge.draining
             data = answer_bytes(response, keep_alive, head.http10)
             recorder.close(request, facts, token, response.status,

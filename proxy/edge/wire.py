@@ -11,8 +11,9 @@ import time
 from email.utils import formatdate
 from http import HTTPStatus
 
-from aiohttp import web
 from multidict import CIMultiDictProxy
+
+from ..answers import Answer
 
 SERVER = "mixpanel-proxy"
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
@@ -41,15 +42,13 @@ class LeanRequest:
         return self._body
 
 
-def answer_bytes(response: web.Response, keep_alive: bool, http10: bool) -> bytes:
+def answer_bytes(answer: Answer, keep_alive: bool, http10: bool) -> bytes:
     """Status line, headers and body of one relay answer; `keep_alive` decides Connection."""
-    body = response.body
-    if not isinstance(body, bytes):       # the relay only ever answers with bytes, or nothing
-        body = b""
-    status = response.status
+    body = answer.body
+    status = answer.status
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
-    lines += [f"{name}: {value}" for name, value in response.headers.items()]
-    headers = response.headers
+    lines += [f"{name}: {value}" for name, value in answer.headers.items()]
+    headers = answer.headers
     if status in _EMPTY_BODY:
         body = b""
     else:
