@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+SERVER = "mixpanel-proxy"     # the Server header, whoever answers (the edge or aiohttp)
 SUCCESS_VERBOSE = b'{"status":1,"error":null}'
 SUCCESS_PLAIN = b"1"
 RECORD_SUCCESS = b'{"code":200,"status":"OK"}'

@@ -30,6 +30,9 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
+EDGE_HANDOVER_REASONS = ("target", "method", "framing", "head")
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -140,6 +143,14 @@ class Metrics:
             "mixpanel_proxy_asset_cache_entries", "Bundle versions the cache holds.", registry=r)
         for result in ASSET_CACHE_RESULTS:
             self.asset_cache.labels(result)
+        # The lean edge (proxy/edge/): connections handed to aiohttp, by what made the request
+        # not plain (target: not an SDK endpoint; method; framing: chunked, Expect, Upgrade or a
+        # body past its limit; head: too long, not CRLF, refused by llhttp, or another version).
+        self.edge_handovers = Counter(
+            "mixpanel_proxy_edge_handovers", "Connections the lean edge handed to aiohttp, by "
+            "reason (target, method, framing, head).", ("reason",), registry=r)
+        for reason in EDGE_HANDOVER_REASONS:
+            self.edge_handovers.labels(reason)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason)   # exported at 0 from the start: rates need a base

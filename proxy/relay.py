@@ -17,8 +17,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from . import answers
-from .answers import Answer
 from .accesslog import request_facts
+from .answers import Answer
 from .clientip import ClientIPResolver
 from .coalesce import MERGED_QUERY, Coalescer, MergedAnswer, accepted
 from .codec import CodecError
@@ -35,6 +35,7 @@ from .spool import Spool, SpoolEntry
 from .upstream import UpstreamAnswer, UpstreamClient, UpstreamFailure
 
 _ALLOWED_METHODS = ("GET", "POST")
+_MATCHES_KEPT = 1024
 
 
 class Incoming(Protocol):
@@ -62,6 +63,7 @@ class ApiRelay:
         self._spool = spool or Spool(config, upstream, metrics)
         self._health = health or RegionHealth(config.regions, metrics, config.health.max_age)
         self._paths = PathMatcher(config.routing.base_path, config.routing.aliases)
+        self._matches: dict[str, PathMatch] = {}
         self._router = Router(config)
         self._ip_policy = IpPolicy(config.privacy)
         self._cors = CorsPolicy(config.cors)
@@ -84,7 +86,14 @@ class ApiRelay:
         return (await self.handle(request)).as_response()
 
     def match(self, raw_target: str) -> PathMatch | None:
-        return self._paths.match(raw_target.partition("?")[0])
+        path = raw_target.partition("?")[0]
+        found = self._matches.get(path)
+        if found is None:
+            found = self._paths.match(path)
+            # Only matches are kept: misses are client-chosen text; SDK paths are a few dozen.
+            if found is not None and len(self._matches) < _MATCHES_KEPT:
+                self._matches[path] = found
+        return found
 
     async def handle(self, request: Incoming, match: PathMatch | None = None) -> Answer:
         """`match`: the target's, when the caller (the lean edge) has already matched it."""

@@ -25,6 +25,7 @@ from typing import cast
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import Counter
 
 from .. import answers
 from ..accesslog import AccessRecorder
@@ -38,7 +39,7 @@ MAX_HEAD = 8192            # aiohttp's own line limit is 8190: a longer head is 
 MAX_FIELDS = 100           # aiohttp allows 128
 PAUSE_ABOVE = 256 * 1024   # bytes buffered behind a request in flight (pipelining) before pausing
 _PLAIN_METHODS = {b"GET": "GET", b"POST": "POST", b"OPTIONS": "OPTIONS"}
-_HANDED_OVER_FIELDS = frozenset({"transfer-encoding", "expect", "upgrade"})
+_HANDED_OVER_FIELDS = ("Transfer-Encoding", "Expect", "Upgrade")
 
 
 @dataclass(eq=False)
@@ -49,6 +50,7 @@ class Edge:
     recorder: AccessRecorder
     limits: Mapping[str, int]                          # body limit per endpoint
     aiohttp_protocol: Callable[[], asyncio.Protocol]   # aiohttp's web.Server
+    handovers: Mapping[str, Counter]                    # by reason
     connections: set[EdgeConnection] = field(default_factory=set)
     draining: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)   # set when nothing is in flight
@@ -147,51 +149,54 @@ class EdgeConnection(asyncio.Protocol):
         end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD)
         if end < 0:
             if len(buffer) >= MAX_HEAD:
-                self._hand_over()
+                self._hand_over("head")
             return None
         raw = bytes(buffer[:end + 4])
-        head = None if raw.count(b"\n") != raw.count(b"\r\n") else self._parse(raw)
-        if head is None:
-            self._hand_over()
+        head = "head" if raw.count(b"\n") != raw.count(b"\r\n") else self._parse(raw)
+        if isinstance(head, str):
+            self._hand_over(head)
+            return None
         return head
 
-    def _parse(self, raw: bytes) -> _Head | None:
+    def _parse(self, raw: bytes) -> _Head | str:
+        """The head, or why the request is not plain (a `edge_handovers` reason)."""
         self._url, self._fields, self._head_complete = b"", [], False
         parser = httptools.HttpRequestParser(self)
         try:
             parser.feed_data(raw)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            return None                    # CONNECT and Upgrade raise the latter
-        method = _PLAIN_METHODS.get(parser.get_method())
-        version = parser.get_http_version()
-        if (not self._head_complete or method is None or version not in ("1.1", "1.0")
-                or parser.should_upgrade() or not self._url.startswith(b"/")
+        except httptools.HttpParserUpgrade:
+            return "framing"               # CONNECT, or an Upgrade header
+        except httptools.HttpParserError:
+            return "head"
+        if (not self._head_complete or parser.get_http_version() not in ("1.1", "1.0")
                 or len(self._fields) > MAX_FIELDS):
-            return None
+            return "head"
+        if not self._url.startswith(b"/"):
+            return "target"
+        method = _PLAIN_METHODS.get(parser.get_method())
+        if method is None:
+            return "method"
         target = self._url.decode("utf-8", "surrogateescape")
         match = self._edge.relay.match(target)
         if match is None:
-            return None
-        headers: CIMultiDict[str] = CIMultiDict()
-        length: int | None = None
-        for name, value in self._fields:
-            text = name.decode("latin-1")
-            lowered = text.lower()
-            if lowered in _HANDED_OVER_FIELDS:
-                return None
-            if lowered == "content-length":
-                length = int(value)        # llhttp allows one, digits only
-            headers.add(text, value.decode("utf-8", "surrogateescape"))
+            return "target"
+        headers = CIMultiDict([(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+                               for name, value in self._fields])
+        if parser.should_upgrade() or any(name in headers for name in _HANDED_OVER_FIELDS):
+            return "framing"
+        declared = headers.get("Content-Length")
+        length = None if declared is None else int(declared)   # llhttp allows one, digits only
         if length is not None and length > self._edge.limits[match.endpoint]:
-            return None                    # the relay answers 413 in JSON, over aiohttp
+            return "framing"               # the relay answers 413 in JSON, over aiohttp
         return _Head(method, target, match, CIMultiDictProxy(headers), length, len(raw),
-                     parser.should_keep_alive(), version == "1.0")
+                     parser.should_keep_alive(), parser.get_http_version() == "1.0")
 
-    def _hand_over(self) -> None:
+    def _hand_over(self, reason: str) -> None:
         """aiohttp's protocol takes this connection, starting with the bytes of this request."""
         transport = self._transport
         if transport is None:
             return
+        self._edge.handovers[reason].inc()
         self._transport = None
         self._edge.connections.discard(self)
         protocol = self._edge.aiohttp_protocol()

@@ -16,7 +16,8 @@ from typing import cast
 
 from aiohttp import web
 
-from ..app import ACCESS_KEY, CONFIG_KEY, RELAY_KEY
+from ..app import ACCESS_KEY, CONFIG_KEY, METRICS_KEY, RELAY_KEY
+from ..metrics import EDGE_HANDOVER_REASONS
 from .connection import Edge, EdgeConnection
 
 __all__ = ["EdgeSite"]
@@ -37,8 +38,10 @@ class EdgeSite(web.SockSite):
         runner = cast(web.AppRunner, self._runner)
         app, server = runner.app, runner.server
         assert server is not None
-        edge = self._edge = Edge(app[RELAY_KEY], app[ACCESS_KEY],
-                                 app[CONFIG_KEY].limits.body, server)
+        handovers = app[METRICS_KEY].edge_handovers
+        edge = self._edge = Edge(app[RELAY_KEY], app[ACCESS_KEY], app[CONFIG_KEY].limits.body,
+                                 server, {reason: handovers.labels(reason)
+                                          for reason in EDGE_HANDOVER_REASONS})
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: EdgeConnection(edge),
                                                 sock=self._sock, backlog=self._backlog)

@@ -13,9 +13,8 @@ from http import HTTPStatus
 
 from multidict import CIMultiDictProxy
 
-from ..answers import Answer
+from ..answers import SERVER, Answer
 
-SERVER = "mixpanel-proxy"
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _EMPTY_BODY = frozenset({204, 304})
 
