@@ -32,7 +32,9 @@ class Answer:
         return len(self.body)
 
     def as_response(self) -> web.Response:
-        return web.Response(status=self.status, body=self.body or None, headers=self.headers)
+        # The Server header the edge sends too (aiohttp's own names its versions).
+        return web.Response(status=self.status, body=self.body or None,
+                            headers={"Server": SERVER, **self.headers})
 
 
 def problem(status: int, message: str, headers: dict[str, str] | None = None,

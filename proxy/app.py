@@ -51,7 +51,6 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app[UPSTREAM_KEY] = upstream
     app[RELAY_KEY] = relay
     app[ACCESS_KEY] = recorder
-    app.on_response_prepare.append(_server_header)
     app.cleanup_ctx.append(_upstream_session)
     if config.spool.enabled:   # after the session: drainers send through it, and stop before it
         app.cleanup_ctx.append(spool.lifespan)
@@ -60,11 +59,6 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     add_assets(app, config, upstream, metrics)
     app.router.add_route("*", "/{tail:.*}", relay.handle_aiohttp)
     return app
-
-
-async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
-    # The lean edge's own (proxy/edge/wire.py): one name whoever answers, and no versions.
-    response.headers["Server"] = answers.SERVER
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:

@@ -72,6 +72,7 @@ class AssetHandler:
             # Scripts load without `crossorigin`, but SRI and error reporting need CORS.
             "Access-Control-Allow-Origin": "*",
             "X-Content-Type-Options": "nosniff",
+            "Server": answers.SERVER,
         }
         if none_match(request.headers.get("If-None-Match"), variant.etag):
             return web.Response(status=304, headers=headers)
