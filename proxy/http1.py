@@ -44,6 +44,8 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        # Looked up once: asyncio.get_running_loop() makes a getpid() system call each time.
+        self._loop = asyncio.get_running_loop()
         self.idle_since = 0.0
         self.reused = False
         self._parser = httptools.HttpResponseParser(self)
@@ -95,13 +97,12 @@ class _Connection(asyncio.Protocol):
     # the exchange
     async def exchange(self, request: bytes, read_timeout: float, host: str) -> RawAnswer:
         assert self.transport is not None
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         waiter: asyncio.Future[RawAnswer] = loop.create_future()
         self._waiter = waiter
         self._headers, self._body, self._size, self._received = [], [], 0, False
         # A bare timer rather than asyncio.timeout(): this runs once per relayed request.
-        timer = loop.call_later(read_timeout, self._fail, ExchangeError(
-            "timeout", f"{host} did not answer in time"))
+        timer = loop.call_later(read_timeout, self._time_out, host)
         try:
             self.transport.write(request)
             return await waiter
@@ -125,6 +126,9 @@ class _Connection(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(RawAnswer(self._parser.get_status_code(), self._headers,
                                               b"".join(self._body)))
+
+    def _time_out(self, host: str) -> None:
+        self._fail(ExchangeError("timeout", f"{host} did not answer in time"))
 
     def _fail(self, error: ExchangeError) -> None:
         if self._waiter is not None and not self._waiter.done():

@@ -6,6 +6,7 @@ rejection reasons. Never a path, token, IP or query.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -31,6 +32,13 @@ def status_class(status: int) -> str:
 
 
 EDGE_HANDOVER_REASONS = ("target", "method", "framing", "head")
+
+
+@dataclass(slots=True)
+class RouteMeters:
+    upstream_bytes: Counter
+    upstream_seconds: Histogram
+    upstream_response_bytes: Counter
 
 
 class Metrics:
@@ -152,11 +160,27 @@ class Metrics:
         for reason in EDGE_HANDOVER_REASONS:
             self.edge_handovers.labels(reason)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._answered: dict[tuple[str, str, int], Counter] = {}
+        self._routes: dict[tuple[str, str], RouteMeters] = {}
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason)   # exported at 0 from the start: rates need a base
 
     def count_request(self, endpoint: str, region: str, status: int) -> None:
-        self.child(self.requests, endpoint, region, status_class(status)).inc()
+        counter = self._answered.get((endpoint, region, status))
+        if counter is None:     # statuses come from upstreams: the class bounds the labels
+            counter = self._answered[(endpoint, region, status)] = self.child(
+                self.requests, endpoint, region, status_class(status))
+        counter.inc()
+
+    def route(self, endpoint: str, region: str) -> RouteMeters:
+        """The per-exchange series of one endpoint in one region, looked up once."""
+        meters = self._routes.get((endpoint, region))
+        if meters is None:
+            meters = self._routes[(endpoint, region)] = RouteMeters(
+                self.upstream_bytes.labels(endpoint, region),
+                self.upstream_seconds.labels(region, endpoint),
+                self.upstream_response_bytes.labels(endpoint, region))
+        return meters
 
     def child(self, metric: T, *labels: str) -> T:
         """`metric.labels(*labels)`, looked up once: prometheus_client validates the labels on

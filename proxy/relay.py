@@ -26,7 +26,7 @@ from .codec.payload import form_field
 from .config import Config
 from .headers import CorsPolicy, client_response_headers, upstream_request_headers
 from .health import RegionHealth
-from .metrics import Metrics
+from .metrics import Metrics, RouteMeters
 from .paths import PathMatch, PathMatcher
 from .privacy import IpPolicy
 from .ratelimit import RateLimiter
@@ -127,7 +127,8 @@ class ApiRelay:
         client_ip = self._client_ip.resolve(
             request.remote, headers.get("X-Forwarded-For"), headers.get("X-Real-IP"),
             headers.get(self._client_ip.header) if self._client_ip.header else None)
-        request_facts().client_ip = client_ip
+        facts = request_facts()
+        facts.client_ip = client_ip
         wait = self._rate.check_ip(client_ip)     # before the body: a flood costs no reads
         if wait:
             return self._rate_limited("this client IP", "ip_per_second", wait, cors)
@@ -140,7 +141,6 @@ class ApiRelay:
         if len(body) > limit:
             return self._reject("limit", 413, _too_large(endpoint, limit), cors)
         self._metrics.child(self._metrics.request_bytes, endpoint).inc(len(body))
-        facts = request_facts()
         facts.request_bytes = len(body)
         query = request.raw_path.partition("?")[2].encode()
         routed = RoutedRequest(
@@ -154,8 +154,10 @@ class ApiRelay:
             return self._reject(exc.reason, exc.status, exc.message, cors)
         except UnknownToken as exc:
             return self._reject(exc.reason, exc.status, exc.message, cors)
-        if any(part.body is not None or part.query is not None for part in plan.parts):
-            self._metrics.child(self._metrics.rewritten, endpoint).inc()
+        for part in plan.parts:
+            if part.body is not None or part.query is not None:
+                self._metrics.child(self._metrics.rewritten, endpoint).inc()
+                break
         wait = self._rate.check_tokens(plan.tokens)
         if wait:
             return self._rate_limited("this project token", "token_per_second", wait, cors)
@@ -237,8 +239,8 @@ class ApiRelay:
         body = routed.body if part.body is None else part.body
         read_timeout = (self._config.upstream.settings_timeout
                         if match.endpoint == "settings" else None)
-        metrics = self._metrics
-        metrics.child(metrics.upstream_bytes, match.endpoint, part.region).inc(len(body))
+        meters = self._metrics.route(match.endpoint, part.region)
+        meters.upstream_bytes.inc(len(body))
         entry = SpoolEntry(part.region, match.endpoint, routed.method, match.upstream_path,
                            query, out_headers, body)
         if self._spool.takes_first(part.region, match.endpoint):
@@ -255,15 +257,16 @@ class ApiRelay:
             self._health.failed(part.region, failure.message)
             request_facts().upstream_took(time.perf_counter() - started)
             return await self._spool.after(entry, routed, failure)
-        self._observe(part.region, match.endpoint, answer, time.perf_counter() - started)
+        self._observe(part.region, meters, answer, time.perf_counter() - started)
+        if not self._spool.would_keep(match.endpoint, answer):
+            return answer
         return await self._spool.after(entry, routed, answer)
 
-    def _observe(self, region: str, endpoint: str, answer: UpstreamAnswer,
+    def _observe(self, region: str, meters: RouteMeters, answer: UpstreamAnswer,
                  seconds: float) -> None:
         """Latency, answer size and region health from one upstream exchange."""
-        metrics = self._metrics
-        metrics.child(metrics.upstream_seconds, region, endpoint).observe(seconds)
-        metrics.child(metrics.upstream_response_bytes, endpoint, region).inc(len(answer.body))
+        meters.upstream_seconds.observe(seconds)
+        meters.upstream_response_bytes.inc(len(answer.body))
         request_facts().upstream_took(seconds)
         if answer.status >= 500:   # reachable, but not serving: not ready either
             self._health.failed(region, f"answered {answer.status}")

@@ -40,7 +40,7 @@ class UnknownToken(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
 class RoutedRequest:
     """What routing needs to know of a request; built by the relay, never holds aiohttp objects."""
 
@@ -55,7 +55,7 @@ class RoutedRequest:
     inflate_limit: int = 10 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
 class Part:
     """One upstream request: the region and, when split, the rewritten body or query."""
 
@@ -67,7 +67,7 @@ class Part:
     content_encoding: str = ""         # the coding of a rewritten body, e.g. "gzip"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
 class Plan:
     parts: tuple[Part, ...]
     split: bool = False

@@ -14,7 +14,7 @@ from .config import UpstreamConfig
 from .http1 import ConnectionPool, ExchangeError
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
 class UpstreamAnswer:
     status: int
     headers: CIMultiDictProxy[str]

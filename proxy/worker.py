@@ -11,6 +11,7 @@ what must be flushed) and exits 0, all within `[server] shutdown_timeout`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ DRAIN_GRACE = 0.5          # at most; never more than half of shutdown_timeout
 # for 3630 s unless told; nginx/relay-upstream.conf counts on 75 s (its own 60 s is below it).
 KEEPALIVE_TIMEOUT = 75.0
 _PARENT_POLL_SECONDS = 1.0
+GC_FIRST_GENERATION = 20_000     # allocations between collections (CPython's default: 700)
 
 
 class _Draining:
@@ -89,6 +91,7 @@ async def _serve(config: Config, sock: socket.socket, ready_fd: int, parent_pid:
         log.exception("worker %d could not start", os.getpid())
         await runner.cleanup()
         return EXIT_STARTUP_FAILED
+    _settle_garbage_collector()
     _report_ready(ready_fd)
     watcher = asyncio.create_task(_watch_parent(parent_pid, stop))
     await stop.wait()
@@ -100,6 +103,17 @@ async def _serve(config: Config, sock: socket.socket, ready_fd: int, parent_pid:
     # the app's cleanup.
     await runner.cleanup()
     return 0
+
+
+def _settle_garbage_collector() -> None:
+    """Profiles of /track showed ~7% of a worker's CPU in the cyclic collector, most of it
+    re-scanning what start-up built (config, app, caches), which lives as long as the process.
+    Freezing those objects takes them out of every scan; a larger first generation runs the
+    collector less often for the short-lived objects each request makes (reference counting
+    frees nearly all of them anyway)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_FIRST_GENERATION, *gc.get_threshold()[1:])
 
 
 def _report_ready(ready_fd: int) -> None:

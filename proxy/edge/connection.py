@@ -39,7 +39,6 @@ MAX_HEAD = 8192            # aiohttp's own line limit is 8190: a longer head is 
 MAX_FIELDS = 100           # aiohttp allows 128
 PAUSE_ABOVE = 256 * 1024   # bytes buffered behind a request in flight (pipelining) before pausing
 _PLAIN_METHODS = {b"GET": "GET", b"POST": "POST", b"OPTIONS": "OPTIONS"}
-_HANDED_OVER_FIELDS = ("Transfer-Encoding", "Expect", "Upgrade")
 
 
 @dataclass(eq=False)
@@ -76,6 +75,8 @@ class _Head:
 class EdgeConnection(asyncio.Protocol):
     def __init__(self, edge: Edge) -> None:
         self._edge = edge
+        # Looked up once: asyncio.get_running_loop() makes a getpid() system call each time.
+        self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._remote: str | None = None
         self._buffer = bytearray()
@@ -168,7 +169,8 @@ class EdgeConnection(asyncio.Protocol):
             return "framing"               # CONNECT, or an Upgrade header
         except httptools.HttpParserError:
             return "head"
-        if (not self._head_complete or parser.get_http_version() not in ("1.1", "1.0")
+        version = parser.get_http_version()
+        if (not self._head_complete or version not in ("1.1", "1.0")
                 or len(self._fields) > MAX_FIELDS):
             return "head"
         if not self._url.startswith(b"/"):
@@ -182,14 +184,15 @@ class EdgeConnection(asyncio.Protocol):
             return "target"
         headers = CIMultiDict([(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
                                for name, value in self._fields])
-        if parser.should_upgrade() or any(name in headers for name in _HANDED_OVER_FIELDS):
+        if ("Transfer-Encoding" in headers or "Expect" in headers or "Upgrade" in headers
+                or parser.should_upgrade()):
             return "framing"
         declared = headers.get("Content-Length")
         length = None if declared is None else int(declared)   # llhttp allows one, digits only
         if length is not None and length > self._edge.limits[match.endpoint]:
             return "framing"               # the relay answers 413 in JSON, over aiohttp
         return _Head(method, target, match, CIMultiDictProxy(headers), length, len(raw),
-                     parser.should_keep_alive(), parser.get_http_version() == "1.0")
+                     parser.should_keep_alive(), version == "1.0")
 
     def _hand_over(self, reason: str) -> None:
         """aiohttp's protocol takes this connection, starting with the bytes of this request."""
@@ -215,7 +218,7 @@ class EdgeConnection(asyncio.Protocol):
         self._edge.idle.clear()
         request = LeanRequest(head.method, head.target, head.headers, self._remote, head.length,
                               body)
-        asyncio.get_running_loop().create_task(self._respond(request, head))
+        self._loop.create_task(self._respond(request, head))
 
     async def _respond(self, request: LeanRequest, head: _Head) -> None:
         recorder = self._edge.recorder

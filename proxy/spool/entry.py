@@ -20,7 +20,7 @@ _ANSWER_KEEP = 64 * 1024      # bytes of an upstream's refusal kept with a dead 
 _MS_THRESHOLD = 1e11          # a `time` above this is in milliseconds (year 5138 in seconds)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
 class SpoolEntry:
     """The exact upstream request, so a replay is byte-identical and Mixpanel deduplicates it."""
 

@@ -143,6 +143,10 @@ class Spool:
         drainer = self._drainers.get(region)
         return drainer is not None and drainer.backing_off
 
+    def would_keep(self, endpoint: str, outcome: Outcome) -> bool:
+        """Whether `after` could store this outcome's request (a cheap test before awaiting it)."""
+        return endpoint in self._endpoints and self._store is not None and _failed(outcome)
+
     async def after(self, entry: SpoolEntry, routed: RoutedRequest, outcome: Outcome) -> Outcome:
         """The upstream's outcome, or the success of a stored copy when the upstream failed."""
         if entry.endpoint not in self._endpoints or self._store is None or not _failed(outcome):
