@@ -143,10 +143,15 @@ class _Slots:
         self._free = limit
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    async def acquire(self) -> None:
+    def take(self) -> bool:
+        """A slot if one is free now (no waiting)."""
         if self._free > 0 and not self._waiters:
             self._free -= 1
-            return
+            return True
+        return False
+
+    async def wait(self) -> None:
+        """Wait for the slot `release` hands over."""
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -179,9 +184,12 @@ class ConnectionPool:
         self._slots = _Slots(limit)
 
     async def request(self, raw: bytes, read_timeout: float) -> RawAnswer:
-        await self._slots.acquire()
+        # The common case (a free slot, an idle connection) awaits nothing but the answer: this
+        # runs once per relayed request, and every coroutine level costs.
+        if not self._slots.take():
+            await self._slots.wait()
         try:
-            connection = await self._acquire()
+            connection = self._idle_connection() or await self._connect()
             try:
                 answer = await self._exchange(connection, raw, read_timeout)
             except ExchangeError as error:
@@ -204,7 +212,7 @@ class ConnectionPool:
             connection.close()   # mid-exchange: its next bytes would belong to this answer
             raise
 
-    async def _acquire(self) -> _Connection:
+    def _idle_connection(self) -> _Connection | None:
         now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()            # most recently used: warmest, least stale
@@ -212,7 +220,7 @@ class ConnectionPool:
                 connection.reused = True
                 return connection
             connection.close()
-        return await self._connect()
+        return None
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()

@@ -64,7 +64,12 @@ class UpstreamClient:
                                          url.raw_path.rstrip("/"))
         pool, host, prefix = known
         raw = _serialize(method, prefix + path_qs, host, headers, body)
-        return await self._exchange(pool, raw, read_timeout)
+        try:    # not through _exchange: one coroutine level less on the per-request path
+            answer = await pool.request(raw, read_timeout or self._config.read_timeout)
+        except ExchangeError as exc:
+            raise UpstreamFailure(exc.kind, str(exc)) from exc
+        return UpstreamAnswer(answer.status, CIMultiDictProxy(CIMultiDict(answer.headers)),
+                              answer.body)
 
     async def _exchange(self, pool: ConnectionPool, raw: bytes,
                         read_timeout: float | None) -> UpstreamAnswer:
