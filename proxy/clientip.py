@@ -24,6 +24,7 @@ class ClientIPResolver:
         # peer text -> (its IP as text, trusted?): the same few peers (the front, or clients on
         # keep-alive connections) come back on every request.
         self._peers: dict[str, tuple[str, bool]] = {}
+        self._declared: dict[tuple[str | None, ...], str] = {}
 
     def is_trusted(self, address: str | None) -> bool:
         ip = _parse_ip(address)
@@ -47,6 +48,18 @@ class ClientIPResolver:
             self._peers[peer] = (str(peer_ip), bool(self._trusted) and self._trusted_ip(peer_ip))
         if not self._trusted or not self._trusted_ip(peer_ip):
             return str(peer_ip)
+        # From a trusted hop (the nginx front): the same headers come back for every request of
+        # a client, and walking them costs more than remembering the answer.
+        key = (peer, xff, x_real_ip, header_ip)
+        found = self._declared.get(key)
+        if found is None:
+            if len(self._declared) >= _PEERS_KEPT:
+                self._declared.clear()
+            found = self._declared[key] = self._believe(peer_ip, xff, x_real_ip, header_ip)
+        return found
+
+    def _believe(self, peer_ip: IPAddress, xff: str | None, x_real_ip: str | None,
+                 header_ip: str | None) -> str:
         if self._header and header_ip:
             declared = _parse_ip(header_ip.strip())
             if declared is not None:
