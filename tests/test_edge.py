@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -206,3 +207,45 @@ async def test_stopping_lets_requests_in_flight_finish(upstreams: dict[str, Fake
     assert len(upstreams["us"].received) == 1
     busy_writer.close()
     idle_writer.close()
+
+
+async def test_random_mixes_and_splits_keep_every_request_in_order(
+        make_relay: RelayFactory, upstreams: dict[str, FakeUpstream]) -> None:
+    """Seeded random sequences of plain and not-plain requests on one connection, cut into
+    writes at random places: every request is answered, in order, and the upstream receives
+    exactly the /track bodies, in order, whichever side (edge or aiohttp) served them."""
+    client = await make_relay()
+    assert client.port is not None
+    rng = random.Random(20261128)
+    for _ in range(30):
+        upstreams["us"].clear()
+        data, statuses, bodies = b"", [], []
+        for _ in range(rng.randint(1, 6)):
+            kind = rng.choice(["track", "track", "healthz", "chunked", "preflight"])
+            body = browser_form([event(US_TOKEN, f"e{rng.randrange(10**6)}")])
+            if kind == "track":
+                data += track(body)
+            elif kind == "chunked":
+                data += (b"POST /track/ HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked\r\n"
+                         b"Content-Type: application/x-www-form-urlencoded\r\n\r\n"
+                         + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+            elif kind == "preflight":
+                data += (b"OPTIONS /track/ HTTP/1.1\r\nHost: relay\r\nOrigin: https://a.example"
+                         b"\r\nAccess-Control-Request-Method: POST\r\n\r\n")
+            else:
+                data += HEALTHZ
+            statuses.append(204 if kind == "preflight" else 200)
+            if kind in ("track", "chunked"):
+                bodies.append(body)
+        cuts = sorted(rng.sample(range(1, len(data)), rng.randint(0, min(5, len(data) - 1))))
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        try:
+            for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
+                writer.write(data[start:end])
+                await writer.drain()
+                await asyncio.sleep(0.005)
+            answers = [await asyncio.wait_for(read_answer(reader), 5) for _ in statuses]
+        finally:
+            writer.close()
+        assert [status for status, _, _ in answers] == statuses
+        assert [r.body for r in upstreams["us"].received] == bodies
