@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -24,6 +24,7 @@ from prometheus_client import Counter
 
 from .assets.names import ROOT_ALIASES
 from .config import Config
+from .incoming import Incoming
 from .metrics import Metrics
 
 __all__ = [
@@ -134,7 +135,7 @@ class AccessRecorder:
         facts = RequestFacts()
         return facts, _current.set(facts)
 
-    def close(self, request: Seen, facts: RequestFacts, token: Token[RequestFacts | None],
+    def close(self, request: Incoming, facts: RequestFacts, token: Token[RequestFacts | None],
               status: int, size: int, started: float) -> None:
         _current.reset(token)
         if facts.endpoint == "none" and self._assets and request.path.startswith(self._assets):
@@ -190,20 +191,7 @@ def access_middleware(recorder: AccessRecorder, quiet_paths: Collection[str],
     return middleware
 
 
-class Seen(Protocol):
-    """What the access line reads of a request (aiohttp's, or the lean edge's)."""
-
-    @property
-    def method(self) -> str: ...
-    @property
-    def path(self) -> str: ...
-    @property
-    def remote(self) -> str | None: ...
-    @property
-    def content_length(self) -> int | None: ...
-
-
-def access_line(request: Seen, facts: RequestFacts, status: int, size: int,
+def access_line(request: Incoming, facts: RequestFacts, status: int, size: int,
                 elapsed: float, anonymize: Anonymizer) -> str:
     """One JSON object. Closed-set values are written directly; client-chosen text is escaped."""
     path = json.dumps(request.path[:_MAX_PATH]) if facts.endpoint in _PATHS_LOGGED else '""'
@@ -231,5 +219,5 @@ def _timestamp() -> str:
     return f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
 
 
-def _bytes_in(request: Seen, facts: RequestFacts) -> int:
+def _bytes_in(request: Incoming, facts: RequestFacts) -> int:
     return facts.request_bytes if facts.request_bytes >= 0 else request.content_length or 0

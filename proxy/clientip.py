@@ -14,17 +14,15 @@ from functools import lru_cache
 from .config.reader import Network
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-_PEERS_KEPT = 4096
+_KEPT = 4096          # entries per cache; both are cleared when full
 
 
 class ClientIPResolver:
     def __init__(self, trusted: Sequence[Network], client_ip_header: str | None = None) -> None:
         self._trusted = tuple(trusted)
         self._header = client_ip_header
-        # peer text -> (its IP as text, trusted?): the same few peers (the front, or clients on
-        # keep-alive connections) come back on every request.
-        self._peers: dict[str, tuple[str, bool]] = {}
-        self._declared: dict[tuple[str | None, ...], str] = {}
+        self._peers: dict[str, tuple[str, bool]] = {}            # see _peer
+        self._declared: dict[tuple[str | None, ...], str] = {}    # trusted hops' headers -> IP
 
     def is_trusted(self, address: str | None) -> bool:
         ip = _parse_ip(address)
@@ -36,27 +34,34 @@ class ClientIPResolver:
     def resolve(self, peer: str | None, xff: str | None, x_real_ip: str | None,
                 header_ip: str | None = None) -> str:
         """The client's IP: the peer, or what trusted hops say about who sent them the request."""
-        known = self._peers.get(peer) if peer else None
-        if known is not None and (not known[1] or not (xff or x_real_ip or header_ip)):
-            return known[0]
-        peer_ip = _parse_ip(peer)
-        if peer_ip is None:
-            return peer or ""
-        if known is None and peer:
-            if len(self._peers) >= _PEERS_KEPT:
-                self._peers.clear()
-            self._peers[peer] = (str(peer_ip), bool(self._trusted) and self._trusted_ip(peer_ip))
-        if not self._trusted or not self._trusted_ip(peer_ip):
-            return str(peer_ip)
+        peer_text, trusted = self._peer(peer)
+        if not trusted or not (xff or x_real_ip or (self._header and header_ip)):
+            return peer_text
         # From a trusted hop (the nginx front): the same headers come back for every request of
         # a client, and walking them costs more than remembering the answer.
-        key = (peer, xff, x_real_ip, header_ip)
+        key = (peer_text, xff, x_real_ip, header_ip)
         found = self._declared.get(key)
         if found is None:
-            if len(self._declared) >= _PEERS_KEPT:
+            if len(self._declared) >= _KEPT:
                 self._declared.clear()
+            peer_ip = _parse_ip(peer_text)
+            assert peer_ip is not None            # a trusted peer is a valid IP
             found = self._declared[key] = self._believe(peer_ip, xff, x_real_ip, header_ip)
         return found
+
+    def _peer(self, peer: str | None) -> tuple[str, bool]:
+        """The peer as IP text (as given when it is none) and whether it is a trusted hop,
+        remembered: the same few peers (the front, clients on keep-alive) come back."""
+        known = self._peers.get(peer or "")
+        if known is None:
+            peer_ip = _parse_ip(peer)
+            if peer_ip is None:
+                return peer or "", False
+            known = (str(peer_ip), self._trusted_ip(peer_ip))
+            if len(self._peers) >= _KEPT:
+                self._peers.clear()
+            self._peers[peer or ""] = known
+        return known
 
     def _believe(self, peer_ip: IPAddress, xff: str | None, x_real_ip: str | None,
                  header_ip: str | None) -> str:

@@ -160,17 +160,12 @@ class Metrics:
         for reason in EDGE_HANDOVER_REASONS:
             self.edge_handovers.labels(reason)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._answered: dict[tuple[str, str, int], Counter] = {}
         self._routes: dict[tuple[str, str], RouteMeters] = {}
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason)   # exported at 0 from the start: rates need a base
 
     def count_request(self, endpoint: str, region: str, status: int) -> None:
-        counter = self._answered.get((endpoint, region, status))
-        if counter is None:     # statuses come from upstreams: the class bounds the labels
-            counter = self._answered[(endpoint, region, status)] = self.child(
-                self.requests, endpoint, region, status_class(status))
-        counter.inc()
+        self.child(self.requests, endpoint, region, status_class(status)).inc()
 
     def route(self, endpoint: str, region: str) -> RouteMeters:
         """The per-exchange series of one endpoint in one region, looked up once."""

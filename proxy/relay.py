@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from typing import Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -26,6 +25,7 @@ from .codec.payload import form_field
 from .config import Config
 from .headers import CorsPolicy, client_response_headers, upstream_request_headers
 from .health import RegionHealth
+from .incoming import Incoming
 from .metrics import Metrics, RouteMeters
 from .paths import PathMatch, PathMatcher
 from .privacy import IpPolicy
@@ -36,22 +36,6 @@ from .upstream import UpstreamAnswer, UpstreamClient, UpstreamFailure
 
 _ALLOWED_METHODS = ("GET", "POST")
 _MATCHES_KEPT = 1024
-
-
-class Incoming(Protocol):
-    """What the relay reads of a request: aiohttp's `web.Request`, or the lean edge's."""
-
-    @property
-    def method(self) -> str: ...
-    @property
-    def raw_path(self) -> str: ...
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-    @property
-    def remote(self) -> str | None: ...
-    @property
-    def content_length(self) -> int | None: ...
-    async def read(self) -> bytes: ...
 
 
 class ApiRelay:

@@ -50,13 +50,13 @@ class UpstreamClient:
     async def send(self, method: str, url: URL, headers: dict[str, str], body: bytes | None,
                    read_timeout: float | None = None) -> UpstreamAnswer:
         """Send one request; the caller's headers go as given, plus Host and Content-Length."""
-        raw = _serialize(method, url.raw_path_qs or "/", _host_header(url), headers, body)
-        return await self._exchange(self._pool(url), raw, read_timeout)
+        return await self.send_to(str(url.origin()), url.raw_path_qs or "/", method, headers,
+                                  body, read_timeout)
 
     async def send_to(self, base: str, path_qs: str, method: str, headers: dict[str, str],
                       body: bytes | None, read_timeout: float | None = None) -> UpstreamAnswer:
-        """`send` to `base` + `path_qs`, for base URLs a caller uses on every request (a region's
-        endpoint): each is parsed once."""
+        """`send` to `base` + `path_qs`: a base URL (an origin, or a region's endpoint, which
+        callers use on every request) is parsed once."""
         known = self._bases.get(base)
         if known is None:
             url = URL(base, encoded=True)
@@ -64,15 +64,6 @@ class UpstreamClient:
                                          url.raw_path.rstrip("/"))
         pool, host, prefix = known
         raw = _serialize(method, prefix + path_qs, host, headers, body)
-        try:    # not through _exchange: one coroutine level less on the per-request path
-            answer = await pool.request(raw, read_timeout or self._config.read_timeout)
-        except ExchangeError as exc:
-            raise UpstreamFailure(exc.kind, str(exc)) from exc
-        return UpstreamAnswer(answer.status, CIMultiDictProxy(CIMultiDict(answer.headers)),
-                              answer.body)
-
-    async def _exchange(self, pool: ConnectionPool, raw: bytes,
-                        read_timeout: float | None) -> UpstreamAnswer:
         try:
             answer = await pool.request(raw, read_timeout or self._config.read_timeout)
         except ExchangeError as exc:
@@ -94,6 +85,8 @@ class UpstreamClient:
 
 def _host_header(url: URL) -> str:
     host = url.raw_host or ""
+    if ":" in host:                     # an IPv6 literal goes in brackets (RFC 9110 7.2)
+        host = f"[{host}]"
     if url.port is not None and not url.is_default_port():
         host = f"{host}:{url.port}"
     return host

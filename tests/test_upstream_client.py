@@ -74,6 +74,26 @@ async def test_request_bytes_and_keep_alive_reuse(client: UpstreamClient) -> Non
                        "\r\nContent-Length: 6\r\n\r\ndata=x").encode()
 
 
+async def test_an_ipv6_upstream_gets_a_bracketed_host(client: UpstreamClient) -> None:
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        writer.write(OK)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handler, "::1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        url = URL(f"http://[::1]:{port}/engage?verbose=1", encoded=True)
+        answer = await client.send("GET", url, {}, None)
+    finally:
+        server.close()
+    assert answer.status == 200
+    assert seen == [f"GET /engage?verbose=1 HTTP/1.1\r\nHost: [::1]:{port}\r\n\r\n".encode()]
+
+
 async def test_kept_alive_connection_dropped_unanswered_is_retried_once(
         client: UpstreamClient) -> None:
     served: list[tuple[int, bytes]] = []

@@ -140,7 +140,8 @@ class EdgeConnection(asyncio.Protocol):
             if len(self._buffer) < head.end:
                 return
             self._head = None
-            body = bytes(self._buffer[head.body_start:head.end])
+            with memoryview(self._buffer) as view:    # one copy of the body, not two
+                body = bytes(view[head.body_start:head.end])
             del self._buffer[:head.end]
             self._dispatch(head, body)
 

@@ -1,7 +1,7 @@
 """The lean edge's request, and the bytes of its answers.
 
-`LeanRequest` carries exactly what the relay reads of a request (`relay.Incoming`) and what the
-access line reads (`accesslog.Seen`); `answer_bytes` writes a relay answer as HTTP/1.1 the way
+`LeanRequest` carries exactly what the relay and the access line read of a request
+(`incoming.Incoming`); `answer_bytes` writes a relay answer as HTTP/1.1 the way
 aiohttp would (Content-Length, Date, Server, Connection when it is not implied).
 """
 

@@ -1,0 +1,23 @@
+"""`Incoming`: what the relay and the access log read of a request, whoever parsed it (aiohttp's
+`web.Request`, or the lean edge's `LeanRequest`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+
+class Incoming(Protocol):
+    @property
+    def method(self) -> str: ...
+    @property
+    def raw_path(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def remote(self) -> str | None: ...
+    @property
+    def content_length(self) -> int | None: ...
+    async def read(self) -> bytes: ...
