@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxy.codec import inflate  # noqa: E402
 from proxy.config import parse_config  # noqa: E402
-from proxy.routing import Plan, RoutedRequest, Router  # noqa: E402
+from proxy.decide.routing import Plan, RoutedRequest, Router  # noqa: E402
 
 US, EU = "tok_us_1234", "tok_eu_5678"
 PROJECTS = [{"token": US, "region": "us"}, {"token": EU, "region": "eu"}]

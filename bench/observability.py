@@ -17,9 +17,15 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from prometheus_client import CollectorRegistry
 
-from proxy.accesslog import AccessRecorder, RequestFacts, access_line, access_middleware, ip_policy
-from proxy.health import RegionHealth
-from proxy.metrics import Metrics
+from proxy.ops.accesslog import (
+    AccessRecorder,
+    RequestFacts,
+    access_line,
+    access_middleware,
+    ip_policy,
+)
+from proxy.ops.health import RegionHealth
+from proxy.ops.metrics import Metrics
 
 
 def best(function: object, number: int) -> float:

@@ -7,18 +7,24 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from . import answers
-from .accesslog import AccessRecorder, access_middleware, asset_prefixes, ip_policy, request_facts
-from .assets import add_assets
+from .assets.wire import add_assets
+from .codec.policy import IpPolicy
 from .config import Config
-from .health import RegionHealth
-from .metrics import Metrics
-from .ops import install_ops, ops_paths
-from .parser_refusals import parser_refusal_counter
-from .privacy import IpPolicy
-from .relay import ApiRelay
+from .ops.accesslog import (
+    AccessRecorder,
+    access_middleware,
+    asset_prefixes,
+    ip_policy,
+    request_facts,
+)
+from .ops.health import RegionHealth
+from .ops.metrics import Metrics
+from .ops.routes import install_ops, ops_paths
+from .relay import answers
+from .relay.handler import ApiRelay
+from .server.refusals import parser_refusal_counter
 from .spool import Spool
-from .upstream import UpstreamClient
+from .upstream.client import UpstreamClient
 
 CONFIG_KEY = web.AppKey("config", Config)
 METRICS_KEY = web.AppKey("metrics", Metrics)

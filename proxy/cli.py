@@ -8,9 +8,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__, online, supervisor
+from . import __version__
 from .assets.snippet import add_snippet_command, run_snippet
 from .config import CONFIG_ENV, Config, ConfigError, config_path_from_env, load_config
+from .ops import online
+from .server import supervisor
 from .spool import admin as spool_admin
 
 EXIT_CONFIG = 2

@@ -6,6 +6,7 @@ label or a config key can never be a client-chosen string.
 
 from __future__ import annotations
 
+import re
 from typing import Final, Literal
 
 Endpoint = Literal["track", "engage", "groups", "import", "record", "flags", "settings"]
@@ -44,3 +45,19 @@ DEFAULT_BODY_LIMITS: Final[dict[str, int]] = {
     "flags": 256 * 1024,
     "settings": 64 * 1024,
 }
+
+# The SDK bundles served first-party (assets/): the loader's names, the loader at the site's
+# root as in Mixpanel's own nginx tracking-proxy, and what a bundle name may look like at all.
+# Here rather than in assets/ because config and the access log need them too.
+LATEST_LOADER: Final = "mixpanel-2-latest.min.js"
+LATEST_LOADER_FULL: Final = "mixpanel-2-latest.js"
+ROOT_ALIASES: Final[dict[str, str]] = {"/lib.min.js": LATEST_LOADER, "/lib.js": LATEST_LOADER_FULL}
+
+_MAX_BUNDLE_NAME = 128
+_VALID_BUNDLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.js(?:\.map)?$")
+
+
+def is_valid_name(name: str) -> bool:
+    """One safe file name ending in `.js` or `.js.map`: no slashes, escapes or dot segments."""
+    return (len(name) <= _MAX_BUNDLE_NAME and ".." not in name
+            and _VALID_BUNDLE_NAME.match(name) is not None)

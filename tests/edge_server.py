@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from proxy.edge import EdgeSite
+from proxy.server.edge import EdgeSite
 
 
 class EdgeTestServer(TestServer):

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from proxy.accesslog import ACCESS_LOGGER, truncate_ip
 from proxy.app import METRICS_KEY
+from proxy.ops.accesslog import ACCESS_LOGGER, truncate_ip
 from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
 from tests.fake_cdn import FakeCdn
 from tests.fakes import FakeUpstream

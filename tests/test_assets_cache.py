@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from proxy.assets import ASSETS_KEY
+from proxy.assets.wire import ASSETS_KEY
 from tests.conftest import RelayFactory
 from tests.fake_cdn import FakeCdn
 

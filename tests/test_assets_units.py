@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 from proxy.assets.cache import CachedAsset, Freshness, Origin, Policy, Variant
 from proxy.assets.encoding import negotiate, none_match
-from proxy.assets.names import is_immutable, is_valid_name
+from proxy.assets.names import is_immutable
 from proxy.assets.rewrite import SDK_LIB_BASE, Rewriter
 from proxy.config import ConfigError, parse_config
+from proxy.endpoints import is_valid_name
 from tests.fake_cdn import DIST, cdn_files
 
 

@@ -6,7 +6,7 @@ Shapes that are not HTTP/1.1 at all (oversized or too many headers, smuggling sh
 are not a request line) are refused by aiohttp's parser before any application code runs: 400,
 `text/plain`, connection closed. aiohttp offers no hook to change that answer (its error handler
 bypasses the app, its middlewares and on_response_prepare), so the body is aiohttp's own; they
-are counted (reason bad_request) by proxy/parser_refusals.py. No SDK sends them, and in the
+are counted (reason bad_request) by proxy/server/refusals.py. No SDK sends them, and in the
 shipped deployment nginx refuses them first.
 """
 
@@ -253,7 +253,7 @@ async def test_protocol_violation_is_refused_by_the_parser(
                                                                request_bytes))
     assert status == 400 and says in body, (head, body)
     assert b"Connection: close" in head or head.startswith(b"HTTP/1.0")
-    assert relay.rejections("bad_request") == 1          # proxy/parser_refusals.py
+    assert relay.rejections("bad_request") == 1          # proxy/server/refusals.py
     relay.forwarded_only_good()
 
 
@@ -277,7 +277,7 @@ async def trickle(port: int, request: bytes, pause: float) -> bytes:
 
 async def test_slowloris_is_cut_off_and_others_are_served(
         upstreams: dict[str, FakeUpstream]) -> None:
-    """Headers trickled in: the connection is dropped at the keep-alive timeout (proxy/worker.py
+    """Headers trickled in: the connection is dropped at the keep-alive timeout (proxy/server/worker.py
     KEEPALIVE_TIMEOUT, 1 s here; the edge's sweeper enforces it), nothing is forwarded, and
     meanwhile other clients are served."""
     config = parse_config(relay_config(upstreams))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from proxy.clientip import ClientIPResolver
+from proxy.decide.clientip import ClientIPResolver
 
 TRUSTED = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8"))
 

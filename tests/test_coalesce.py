@@ -6,7 +6,7 @@ import asyncio
 import json
 from urllib.parse import unquote
 
-from proxy.coalesce import Lane, MergedAnswer, accepted, coalescible_events, merged_body
+from proxy.relay.coalesce import Lane, MergedAnswer, accepted, coalescible_events, merged_body
 from tests.conftest import RelayFactory
 from tests.fakes import FakeUpstream
 from tests.helpers import FORM, browser_form, event, python_sdk_form

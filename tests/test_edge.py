@@ -1,4 +1,4 @@
-"""The lean edge (proxy/edge/): plain SDK requests answered by it, everything else handed to
+"""The lean edge (proxy/server/edge/): plain SDK requests answered by it, everything else handed to
 aiohttp with its bytes intact, on the same connection, in order.
 
 Every test talks raw HTTP/1.1 over a loopback socket (the exact bytes matter here) to a relay

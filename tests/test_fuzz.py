@@ -22,12 +22,12 @@ from urllib.parse import quote
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from proxy.clientip import ClientIPResolver
 from proxy.codec import CodecError, decode_data, extract_data, inflate
 from proxy.config import parse_config
+from proxy.decide.clientip import ClientIPResolver
+from proxy.decide.paths import PathMatcher
+from proxy.decide.routing import Plan, RoutedRequest, Router, UnknownToken, record_token
 from proxy.endpoints import ENDPOINTS, REGIONS
-from proxy.paths import PathMatcher
-from proxy.routing import Plan, RoutedRequest, Router, UnknownToken, record_token
 
 settings.register_profile("ci", max_examples=300, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])

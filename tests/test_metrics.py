@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from proxy.app import METRICS_KEY
-from proxy.ops import OPS_LISTENER_KEY
+from proxy.ops.routes import OPS_LISTENER_KEY
 from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
 from tests.fakes import FakeUpstream
 from tests.helpers import FORM, browser_form, event

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.paths import PathMatcher
+from proxy.decide.paths import PathMatcher
 
 
 @pytest.mark.parametrize(("raw", "endpoint", "region", "upstream"), [

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.codec import DecodeLimits, decode_payload
+from proxy.codec.policy import IpPolicy, PayloadPolicy, derived_insert_id, truncate_ip
 from proxy.config import ConfigError, parse_config
-from proxy.privacy import IpPolicy, PayloadPolicy, derived_insert_id, truncate_ip
-from proxy.routing import RoutedRequest, Router
+from proxy.decide.routing import RoutedRequest, Router
 from tests.conftest import EU_TOKEN, US_TOKEN
 
 EMAIL = r"[\w.+-]+@[\w-]+\.[\w.]+"

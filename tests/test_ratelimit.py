@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from proxy.config import RateLimitConfig
-from proxy.ratelimit import RateLimiter, TokenBuckets
+from proxy.relay.ratelimit import RateLimiter, TokenBuckets
 
 
 class Clock:

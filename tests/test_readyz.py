@@ -9,9 +9,9 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from proxy.health import RegionHealth
-from proxy.metrics import Metrics
-from proxy.ops import READINESS_KEY
+from proxy.ops.health import RegionHealth
+from proxy.ops.metrics import Metrics
+from proxy.ops.routes import READINESS_KEY
 from tests.conftest import EU_TOKEN, IN_TOKEN, US_TOKEN, RelayFactory
 from tests.fakes import FakeUpstream
 from tests.helpers import FORM, browser_form, event

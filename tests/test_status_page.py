@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from proxy.ops import STATUS_BOARD_KEY
+from proxy.ops.routes import STATUS_BOARD_KEY
 from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
 from tests.fake_cdn import FakeCdn
 from tests.fakes import FakeUpstream

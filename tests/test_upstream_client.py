@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from proxy.config.sections import UpstreamConfig
-from proxy.http1 import MAX_RESPONSE_BYTES
-from proxy.upstream import UpstreamClient, UpstreamFailure
+from proxy.upstream.client import UpstreamClient, UpstreamFailure
+from proxy.upstream.http1 import MAX_RESPONSE_BYTES
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1"

@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..endpoints import is_valid_name
 from .cache import Origin
-from .names import is_valid_name
 
 __all__ = ["DiskStore", "StoredAsset"]
 

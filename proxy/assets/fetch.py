@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from yarl import URL
 
 from .. import __version__
-from ..upstream import UpstreamClient, UpstreamFailure
+from ..upstream.client import UpstreamClient, UpstreamFailure
 from .cache import CachedAsset, Origin, Variant
 from .encoding import ENCODERS, PREFERENCE, Coding
 from .names import is_immutable

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .. import answers
 from ..config.assets import AssetsConfig
-from ..metrics import Metrics
+from ..endpoints import ROOT_ALIASES, is_valid_name
+from ..ops.metrics import Metrics
+from ..relay import answers
 from .cache import CachedAsset
 from .encoding import negotiate, none_match
 from .fetch import BrokenAsset
-from .names import ROOT_ALIASES, content_type, is_valid_name
+from .names import content_type
 from .service import AssetService
 
 __all__ = ["AssetHandler"]

@@ -1,7 +1,7 @@
 """Bundle names: which request paths name a bundle at all, and which bundles never change.
 
-Pure functions, no I/O. A name is one safe file name ending in `.js` or `.js.map`; everything
-else (slashes, percent-escapes, dot segments) is refused before the CDN is ever asked.
+Pure functions, no I/O. Which names are bundle names at all is `endpoints.is_valid_name`:
+everything else (slashes, percent-escapes, dot segments) is refused before the CDN is asked.
 
 Immutable names are the content-hashed bundles that mixpanel-browser's build bakes into each
 release (`mixpanel-recorder-CZqK2y7C.min.js`): the hash changes whenever the bytes do, so a
@@ -13,23 +13,11 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["LATEST_LOADER", "LATEST_LOADER_FULL", "ROOT_ALIASES", "content_type",
-           "is_immutable", "is_valid_name"]
+__all__ = ["content_type", "is_immutable"]
 
-LATEST_LOADER = "mixpanel-2-latest.min.js"
-LATEST_LOADER_FULL = "mixpanel-2-latest.js"
-# As in Mixpanel's own nginx tracking-proxy: the loader at the site's root.
-ROOT_ALIASES = {"/lib.min.js": LATEST_LOADER, "/lib.js": LATEST_LOADER_FULL}
-
-_MAX_NAME = 128
-_VALID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.js(?:\.map)?$")
 # <stem>-<8-character rollup content hash>[.min].js[.map]; the hash alphabet is base64url.
 _HASHED = re.compile(
     r"^[a-z0-9]+(?:-[a-z0-9]+)*-(?P<hash>[A-Za-z0-9_]{8})(?:\.min)?\.js(?:\.map)?$")
-
-
-def is_valid_name(name: str) -> bool:
-    return len(name) <= _MAX_NAME and ".." not in name and _VALID.match(name) is not None
 
 
 def is_immutable(name: str) -> bool:

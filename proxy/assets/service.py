@@ -22,8 +22,8 @@ from typing import Any
 from cachetools import TTLCache
 
 from ..config.assets import AssetsConfig
-from ..metrics import ASSET_CACHE_RESULTS, Metrics
-from ..upstream import UpstreamClient
+from ..ops.metrics import ASSET_CACHE_RESULTS, Metrics
+from ..upstream.client import UpstreamClient
 from .cache import AssetCache, CachedAsset, Freshness, Origin, Policy
 from .disk import DiskStore, StoredAsset
 from .fetch import BrokenAsset, CdnFetcher, NotModified, VariantBuilder

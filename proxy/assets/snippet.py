@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 
 from ..config import Config
-from . import public_api_host
-from .names import LATEST_LOADER
+from ..endpoints import LATEST_LOADER
 
 __all__ = ["add_snippet_command", "render_snippet", "run_snippet"]
 
@@ -135,3 +134,10 @@ def _number(value: float) -> int | float:
 def _js(value: object) -> str:
     # JSON is valid JavaScript; "</" is escaped so no value can close the <script> element.
     return json.dumps(value).replace("</", "<\\/")
+
+
+def public_api_host(config: Config) -> str | None:
+    """The SDK's `api_host` for this deployment, when `[assets] public_url` is set."""
+    if config.assets.public_url is None:
+        return None
+    return str(config.assets.public_url).rstrip("/") + config.routing.base_path

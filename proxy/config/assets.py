@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from yarl import URL
 
+from ..endpoints import is_valid_name
 from .reader import TableReader, checked_url
 
 DEFAULT_CDN_URL = "https://cdn.mxpnl.com/libs/"
@@ -91,9 +92,6 @@ def _parse_public_url(reader: TableReader) -> URL | None:
 
 
 def _parse_prefetch(reader: TableReader) -> tuple[str, ...]:
-    # Imported here: the name rules belong to the assets package, which imports this module.
-    from ..assets.names import is_valid_name
-
     names = reader.string_list("prefetch", ())
     for name in names:
         if not is_valid_name(name):

@@ -20,7 +20,7 @@ from typing import Protocol
 from yarl import URL
 
 from ..config.spool import SpoolConfig
-from ..upstream import UpstreamAnswer, UpstreamClient, UpstreamFailure
+from ..upstream.client import UpstreamAnswer, UpstreamClient, UpstreamFailure
 from .entry import Refusal, SpoolEntry, is_retryable, refusal_in_success, stale_track_records
 from .store import SpoolStore
 

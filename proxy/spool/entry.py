@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec import CodecError, decode_data, extract_data, form_field, inflate
-from ..routing import basic_auth_user, record_token
+from ..decide.routing import basic_auth_user, record_token
 
 # Endpoints whose order matters at Mixpanel: profile and group updates apply in arrival order
 # ($set then $unset), and replay batches carry `seq`. Events carry their own `time`, so /track and

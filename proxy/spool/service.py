@@ -21,12 +21,12 @@ from dataclasses import replace
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .. import answers
 from ..codec import form_field
 from ..config import Config
-from ..metrics import Metrics
-from ..routing import RoutedRequest
-from ..upstream import UpstreamAnswer, UpstreamClient, UpstreamFailure
+from ..decide.routing import RoutedRequest
+from ..ops.metrics import Metrics
+from ..relay import answers
+from ..upstream.client import UpstreamAnswer, UpstreamClient, UpstreamFailure
 from .drain import Drainer, retry_after_seconds
 from .entry import ORDERED_ENDPOINTS, SpoolEntry, is_retryable, project_of
 from .store import SpoolError, SpoolStore, take_drain_lock

@@ -11,7 +11,7 @@ import ipaddress
 from collections.abc import Sequence
 from functools import lru_cache
 
-from .config.reader import Network
+from ..config.reader import Network
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _KEPT = 4096          # entries per cache; both are cleared when full

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from .metrics import Metrics
+from ..ops.metrics import Metrics
 
 
 def parser_refusal_counter(metrics: Metrics) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .endpoints import ENDPOINTS, REGIONS, Endpoint
+from ..endpoints import ENDPOINTS, REGIONS, Endpoint
 
 _FLAG_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")

@@ -21,9 +21,9 @@ from typing import Any
 
 from yarl import URL
 
-from .config import Config
+from ..config import Config
+from ..upstream.client import UpstreamClient, UpstreamFailure
 from .metrics import Metrics
-from .upstream import UpstreamClient, UpstreamFailure
 
 __all__ = [
     "Check", "CheckResult", "Readiness", "RegionHealth", "RegionState", "directory_writable",

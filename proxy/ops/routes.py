@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from . import answers
-from .clientip import ClientIPResolver
-from .config import Config
+from ..config import Config
+from ..decide.clientip import ClientIPResolver
+from ..relay import answers
+from ..upstream.client import UpstreamClient
 from .health import Readiness, RegionHealth, directory_writable, probe_regions_forever
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .status import CSP, StatusBoard
-from .upstream import UpstreamClient
 
 __all__ = [
     "OPS_LISTENER_KEY", "READINESS_KEY", "STATUS_BOARD_KEY", "Ops", "OpsListener",

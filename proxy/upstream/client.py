@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .config import UpstreamConfig
+from ..config import UpstreamConfig
 from .http1 import ConnectionPool, ExchangeError
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 
 from cachetools import LRUCache
 
-from .config import RateLimitConfig
+from ..config import RateLimitConfig
 
 Clock = Callable[[], float]
 

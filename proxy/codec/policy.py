@@ -20,11 +20,11 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-from .codec import set_field
-from .codec.payload import form_field
-from .config.payload import PayloadConfig
-from .config.privacy import ALWAYS_KEPT, PrivacyConfig
-from .endpoints import DATA_ENDPOINTS
+from ..config.payload import PayloadConfig
+from ..config.privacy import ALWAYS_KEPT, PrivacyConfig
+from ..endpoints import DATA_ENDPOINTS
+from . import set_field
+from .payload import form_field
 
 EVENT_ENDPOINTS = frozenset({"track", "import"})
 # Profile and group updates: the operations whose values are property name -> value maps.

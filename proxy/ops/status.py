@@ -15,13 +15,12 @@ from html import escape
 
 from prometheus_client import Metric
 
-from . import __version__
-from .assets.cache import CachedAsset
-from .config import Config
+from .. import __version__
+from ..config import Config
 from .health import Readiness, RegionState
 from .metrics import Metrics
 
-__all__ = ["CSP", "Rows", "StatusBoard", "asset_rows"]
+__all__ = ["CSP", "Rows", "StatusBoard", "age_text", "size_text"]
 
 Rows = Sequence[Mapping[str, object]]
 # The page needs nothing from anywhere: the browser is told so, and refuses any fetch.
@@ -95,7 +94,7 @@ class StatusBoard:
         uptime = self._clock() - self._started
         failed = ", ".join(str(name) for name in _as_list(verdict.get("failed")))
         rows = [("version", __version__), ("config", self._config.source),
-                ("uptime", _age(uptime)), ("ready", "yes" if ready else f"no ({failed})"),
+                ("uptime", age_text(uptime)), ("ready", "yes" if ready else f"no ({failed})"),
                 ("in flight", _gauge(families.get("mixpanel_proxy_in_flight_requests")))]
         body = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows)
         state = "ready" if ready else "not-ready"
@@ -160,18 +159,7 @@ class StatusBoard:
         return "".join(parts)
 
 
-def asset_rows(assets: Iterable[CachedAsset], now: float) -> Rows:
-    """The asset cache's contents as the page shows them: name, version, age, variants."""
-    return [{"name": asset.name,
-             "version": asset.origin.etag or asset.origin.last_modified or "–",
-             "kind": "immutable" if asset.immutable else "mutable",
-             "age": _age(now - asset.fetched_at),
-             "variants": ", ".join(f"{coding} {_size(len(variant.body))}"
-                                   for coding, variant in asset.variants.items())}
-            for asset in sorted(assets, key=lambda asset: asset.name)]
-
-
-def _size(count: int) -> str:
+def size_text(count: int) -> str:
     return f"{count} B" if count < 1024 else f"{count / 1024:.1f} KiB"
 
 
@@ -264,7 +252,7 @@ def _ms(seconds: float | None, prefix: str = "") -> str:
     return "–" if seconds is None else f"{prefix}{seconds * 1000:.1f} ms"
 
 
-def _age(seconds: float) -> str:
+def age_text(seconds: float) -> str:
     seconds = max(seconds, 0.0)
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -276,7 +264,7 @@ def _age(seconds: float) -> str:
 def _last(state: RegionState, now: float) -> str:
     if state.last_failure is None:
         return "never"
-    return escape(f"{_age(now - state.last_failure)} ago: {state.last_error}")
+    return escape(f"{age_text(now - state.last_failure)} ago: {state.last_error}")
 
 
 def _gauge(metric: Metric | None) -> str:

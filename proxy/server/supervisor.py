@@ -26,8 +26,8 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from . import __version__
-from .config import Config, ConfigError, load_config
+from .. import __version__
+from ..config import Config, ConfigError, load_config
 from .worker import run_worker
 
 log = logging.getLogger("mixpanel_proxy.supervisor")

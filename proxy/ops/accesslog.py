@@ -22,9 +22,9 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import Counter
 
-from .assets.names import ROOT_ALIASES
-from .config import Config
-from .incoming import Incoming
+from ..config import Config
+from ..endpoints import ROOT_ALIASES
+from ..relay.incoming import Incoming
 from .metrics import Metrics
 
 __all__ = [

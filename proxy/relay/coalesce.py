@@ -26,8 +26,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .codec import data_value, decode_data, extract_data, form_field
-from .codec.errors import CodecError
+from ..codec import data_value, decode_data, extract_data, form_field
+from ..codec.errors import CodecError
 
 MAX_EVENTS = 2000
 MERGED_QUERY = b"ip=0&verbose=1"

@@ -16,8 +16,8 @@ from typing import cast
 
 from aiohttp import web
 
-from ..app import ACCESS_KEY, CONFIG_KEY, METRICS_KEY, RELAY_KEY
-from ..metrics import EDGE_HANDOVER_REASONS
+from ...app import ACCESS_KEY, CONFIG_KEY, METRICS_KEY, RELAY_KEY
+from ...ops.metrics import EDGE_HANDOVER_REASONS
 from .connection import Edge, EdgeConnection
 
 __all__ = ["EdgeSite"]

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from yarl import URL
 
-from .assets.names import LATEST_LOADER
-from .config import Config
+from ..config import Config
+from ..endpoints import LATEST_LOADER
+from ..upstream.client import UpstreamClient
 from .health import probe
-from .upstream import UpstreamClient
 
 __all__ = ["Target", "TargetReport", "check_online", "probe_targets"]
 

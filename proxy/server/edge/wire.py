@@ -13,7 +13,7 @@ from http import HTTPStatus
 
 from multidict import CIMultiDictProxy
 
-from ..answers import SERVER, Answer
+from ...relay.answers import SERVER, Answer
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _EMPTY_BODY = frozenset({204, 304})

@@ -27,10 +27,10 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Counter
 
-from .. import answers
-from ..accesslog import AccessRecorder
-from ..paths import PathMatch
-from ..relay import ApiRelay
+from ...decide.paths import PathMatch
+from ...ops.accesslog import AccessRecorder
+from ...relay import answers
+from ...relay.handler import ApiRelay
 from .wire import LeanRequest, answer_bytes
 
 log = logging.getLogger("mixpanel_proxy.edge")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .config import CorsConfig
+from ..config import CorsConfig
 
 # Request headers forwarded to Mixpanel (wire contract section 8.7). Host is set by the client to
 # the upstream's own; Cookie, hop-by-hop and X-Forwarded-* from the client never pass.

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import (
+from ..codec import (
     GZIP_ENDPOINTS,
     DecodedPayload,
     DecodeLimits,
@@ -24,9 +24,9 @@ from .codec import (
     encode_payload,
     form_field,
 )
-from .config import Config
-from .endpoints import BASIC_TOKEN_ENDPOINTS, DATA_ENDPOINTS
-from .privacy import PayloadPolicy
+from ..codec.policy import PayloadPolicy
+from ..config import Config
+from ..endpoints import BASIC_TOKEN_ENDPOINTS, DATA_ENDPOINTS
 
 
 class UnknownToken(Exception):

@@ -20,8 +20,8 @@ import sys
 
 from aiohttp import web
 
-from .app import create_app
-from .config import Config
+from ..app import create_app
+from ..config import Config
 from .edge import EdgeSite
 
 log = logging.getLogger("mixpanel_proxy.worker")

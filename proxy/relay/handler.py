@@ -15,24 +15,24 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from ..codec import CodecError
+from ..codec.payload import form_field
+from ..codec.policy import IpPolicy
+from ..config import Config
+from ..decide.clientip import ClientIPResolver
+from ..decide.headers import CorsPolicy, client_response_headers, upstream_request_headers
+from ..decide.paths import PathMatch, PathMatcher
+from ..decide.routing import Part, Plan, RoutedRequest, Router, UnknownToken
+from ..ops.accesslog import request_facts
+from ..ops.health import RegionHealth
+from ..ops.metrics import Metrics, RouteMeters
+from ..spool import Spool, SpoolEntry
+from ..upstream.client import UpstreamAnswer, UpstreamClient, UpstreamFailure
 from . import answers
-from .accesslog import request_facts
 from .answers import Answer
-from .clientip import ClientIPResolver
 from .coalesce import MERGED_QUERY, Coalescer, MergedAnswer, accepted
-from .codec import CodecError
-from .codec.payload import form_field
-from .config import Config
-from .headers import CorsPolicy, client_response_headers, upstream_request_headers
-from .health import RegionHealth
 from .incoming import Incoming
-from .metrics import Metrics, RouteMeters
-from .paths import PathMatch, PathMatcher
-from .privacy import IpPolicy
 from .ratelimit import RateLimiter
-from .routing import Part, Plan, RoutedRequest, Router, UnknownToken
-from .spool import Spool, SpoolEntry
-from .upstream import UpstreamAnswer, UpstreamClient, UpstreamFailure
 
 _ALLOWED_METHODS = ("GET", "POST")
 _MATCHES_KEPT = 1024
