@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port, wait_for  # noqa: E402
-from tests.fake_cdn import cdn_files  # noqa: E402  (the bundles, under their CDN names)
+from tests.support.fake_cdn import cdn_files  # noqa: E402  (the bundles, under their CDN names)
 
 BUNDLES = ("mixpanel-2-latest.min.js", "mixpanel-recorder-CZqK2y7C.min.js")
 CODINGS = ("br", "gzip", "identity")

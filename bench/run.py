@@ -197,8 +197,9 @@ url = "{upstream}"
 
 @contextmanager
 def front(relay_port: int) -> Iterator[tuple[int, int]]:
-    """The shipped nginx front (tests/processes.py adapts ports and paths): (https port, pid)."""
-    from tests.processes import NginxFront
+    """The shipped nginx front (tests/support/processes.py adapts ports and paths):
+    (https port, pid)."""
+    from tests.support.processes import NginxFront
 
     nginx_front = NginxFront(relay_port)
     asyncio.run(nginx_front.start())

@@ -12,9 +12,9 @@ from prometheus_client import CollectorRegistry
 
 from proxy.app import create_app
 from proxy.config import parse_config
-from tests.edge_server import EdgeTestServer
-from tests.fake_cdn import FakeCdn
-from tests.fakes import FakeUpstream
+from tests.support.edge_server import EdgeTestServer
+from tests.support.fake_cdn import FakeCdn
+from tests.support.fakes import FakeUpstream
 
 RelayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -37,7 +37,8 @@ async def upstreams() -> AsyncIterator[dict[str, FakeUpstream]]:
 
 @pytest.fixture
 async def fake_cdn() -> AsyncIterator[FakeCdn]:
-    """A fake cdn.mxpnl.com serving the real mixpanel-browser bundles (see tests/fake_cdn.py)."""
+    """A fake cdn.mxpnl.com serving the real mixpanel-browser bundles
+    (see tests/support/fake_cdn.py)."""
     cdn = FakeCdn()
     await cdn.start()
     yield cdn
@@ -69,7 +70,8 @@ def relay_config(upstreams: dict[str, FakeUpstream], extra: dict[str, Any] | Non
 
 @pytest.fixture
 async def make_relay(upstreams: dict[str, FakeUpstream]) -> AsyncIterator[RelayFactory]:
-    """Relays served as a worker serves them: through the lean edge (tests/edge_server.py)."""
+    """Relays served as a worker serves them: through the lean edge
+    (tests/support/edge_server.py)."""
     clients: list[TestClient[Any, Any]] = []
 
     async def factory(extra: dict[str, Any] | None = None, projects: bool = False,

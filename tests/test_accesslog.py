@@ -11,9 +11,9 @@ import pytest
 from proxy.app import METRICS_KEY
 from proxy.ops.accesslog import ACCESS_LOGGER, truncate_ip
 from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
-from tests.fake_cdn import FakeCdn
-from tests.fakes import FakeUpstream
-from tests.helpers import FORM, browser_form, event
+from tests.support.fake_cdn import FakeCdn
+from tests.support.fakes import FakeUpstream
+from tests.support.helpers import FORM, browser_form, event
 
 FIELDS = {"time", "method", "endpoint", "region", "status", "reason", "bytes_in", "bytes_out",
           "duration_ms", "upstream_ms", "client_ip", "path"}

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.assets.wire import ASSETS_KEY
 from tests.conftest import RelayFactory
-from tests.fake_cdn import FakeCdn
+from tests.support.fake_cdn import FakeCdn
 
 LOADER = "mixpanel-2-latest.min.js"
 RECORDER = "mixpanel-recorder-CZqK2y7C.min.js"

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import RelayFactory
-from tests.fake_cdn import FakeCdn
+from tests.support.fake_cdn import FakeCdn
 
 LOADER = "mixpanel-2-latest.min.js"
 FULL_LOADER = "mixpanel-2-latest.js"

@@ -13,7 +13,7 @@ import pytest
 
 from proxy.assets.snippet import OWN_LOADER_STUB, SNIPPET_FILE, find_loader
 from proxy.cli import main
-from tests.fake_cdn import DIST
+from tests.support.fake_cdn import DIST
 
 OFFICIAL = DIST / "mixpanel-jslib-snippet.min.js"
 

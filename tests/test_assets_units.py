@@ -14,7 +14,7 @@ from proxy.assets.names import is_immutable
 from proxy.assets.rewrite import SDK_LIB_BASE, Rewriter
 from proxy.config import ConfigError, parse_config
 from proxy.endpoints import is_valid_name
-from tests.fake_cdn import DIST, cdn_files
+from tests.support.fake_cdn import DIST, cdn_files
 
 
 def test_exactly_the_content_hashed_bundles_are_immutable() -> None:

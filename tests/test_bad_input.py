@@ -28,13 +28,13 @@ from prometheus_client import CollectorRegistry
 from proxy.app import create_app
 from proxy.config import parse_config
 from proxy.endpoints import ENDPOINTS
-from tests.bombs import brotli_zeros, gzip_zeros, zlib_zeros
 from tests.conftest import US_TOKEN, RelayFactory, relay_config
-from tests.edge_server import EdgeTestServer
-from tests.fake_cdn import FakeCdn
-from tests.fakes import FakeUpstream
-from tests.faulty import insert_ids, numbered_events
-from tests.helpers import FORM, basic, browser_form, event
+from tests.support.bombs import brotli_zeros, gzip_zeros, zlib_zeros
+from tests.support.edge_server import EdgeTestServer
+from tests.support.fake_cdn import FakeCdn
+from tests.support.fakes import FakeUpstream
+from tests.support.faulty import insert_ids, numbered_events
+from tests.support.helpers import FORM, basic, browser_form, event
 
 Client = TestClient[Any, Any]
 SMALL = 4096                 # every endpoint's body limit here, but /track's
@@ -277,9 +277,9 @@ async def trickle(port: int, request: bytes, pause: float) -> bytes:
 
 async def test_slowloris_is_cut_off_and_others_are_served(
         upstreams: dict[str, FakeUpstream]) -> None:
-    """Headers trickled in: the connection is dropped at the keep-alive timeout (proxy/server/worker.py
-    KEEPALIVE_TIMEOUT, 1 s here; the edge's sweeper enforces it), nothing is forwarded, and
-    meanwhile other clients are served."""
+    """Headers trickled in: the connection is dropped at the keep-alive timeout
+    (proxy/server/worker.py KEEPALIVE_TIMEOUT, 1 s here; the edge's sweeper enforces it),
+    nothing is forwarded, and meanwhile other clients are served."""
     config = parse_config(relay_config(upstreams))
     server = EdgeTestServer(create_app(config, registry=CollectorRegistry()), host="127.0.0.1",
                             keepalive_timeout=1.0)

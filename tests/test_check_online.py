@@ -7,8 +7,8 @@ import re
 import sys
 from pathlib import Path
 
-from tests.fake_cdn import FakeCdn
-from tests.fakes import FakeUpstream
+from tests.support.fake_cdn import FakeCdn
+from tests.support.fakes import FakeUpstream
 
 LINE = re.compile(r"^(?P<name>.+?)\s+(?P<verdict>reachable|UNREACHABLE)\s+(?P<ms>[\d.]+) ms\s+"
                   r"(?P<url>\S+)\s+\((?P<detail>.*)\)$")

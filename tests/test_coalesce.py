@@ -8,8 +8,8 @@ from urllib.parse import unquote
 
 from proxy.relay.coalesce import Lane, MergedAnswer, accepted, coalescible_events, merged_body
 from tests.conftest import RelayFactory
-from tests.fakes import FakeUpstream
-from tests.helpers import FORM, browser_form, event, python_sdk_form
+from tests.support.fakes import FakeUpstream
+from tests.support.helpers import FORM, browser_form, event, python_sdk_form
 
 
 def test_browser_batches_get_their_clients_ip_and_plain_ones_merge() -> None:

@@ -24,7 +24,7 @@ from proxy.codec import (
     decode_payload,
     inflate,
 )
-from tests.bombs import MIB, brotli_zeros, gzip_zeros, raw_deflate_zeros, zlib_zeros
+from tests.support.bombs import MIB, brotli_zeros, gzip_zeros, raw_deflate_zeros, zlib_zeros
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 10 * MIB               # /import's body limit: a 10 GB gzip bomb (9.4 MiB) fits under it
@@ -42,7 +42,7 @@ def probe(coding: str, mib: int, tmp_path: Path) -> dict[str, object]:
     bomb = tmp_path / f"{mib}mib.{coding}"
     bomb.write_bytes(BUILDERS[coding](mib))
     done = subprocess.run(
-        [sys.executable, "-m", "tests.bomb_probe", coding, str(bomb), str(LIMIT)],
+        [sys.executable, "-m", "tests.support.bomb_probe", coding, str(bomb), str(LIMIT)],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
     result: dict[str, object] = json.loads(done.stdout)
     return result

@@ -11,8 +11,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import US_TOKEN, RelayFactory
-from tests.fakes import FakeUpstream
-from tests.helpers import FORM, browser_form, event
+from tests.support.fakes import FakeUpstream
+from tests.support.helpers import FORM, browser_form, event
 
 DASHBOARD = Path(__file__).parent.parent / "deploy" / "grafana" / "relay-dashboard.json"
 SELECTOR = re.compile(r"\b(mixpanel_proxy_\w+)(?:\{([^}]*)\})?")

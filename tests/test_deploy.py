@@ -21,7 +21,7 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from proxy.config import load_config, parse_config
-from tests.processes import REPO, NginxFront, RelayProcess
+from tests.support.processes import REPO, NginxFront, RelayProcess
 
 KUBE = REPO / "deploy" / "kubernetes"
 MANIFESTS = sorted(KUBE.rglob("*.yaml"))

@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry
 from proxy.app import create_app
 from proxy.config import parse_config
 from tests.conftest import US_TOKEN, RelayFactory, relay_config
-from tests.edge_server import EdgeTestServer
-from tests.fakes import FakeUpstream
-from tests.helpers import browser_form, event
+from tests.support.edge_server import EdgeTestServer
+from tests.support.fakes import FakeUpstream
+from tests.support.helpers import browser_form, event
 
 Client = TestClient[Any, Any]
 BODY = browser_form([event(US_TOKEN)])

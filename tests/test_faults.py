@@ -20,11 +20,11 @@ import trustme
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import US_TOKEN, RelayFactory
-from tests.fake_cdn import FakeCdn
-from tests.fakes import FakeUpstream
-from tests.faulty import Ledger, RawUpstream, closed_port, insert_ids, numbered_events
-from tests.helpers import FORM
-from tests.processes import eventually
+from tests.support.fake_cdn import FakeCdn
+from tests.support.fakes import FakeUpstream
+from tests.support.faulty import Ledger, RawUpstream, closed_port, insert_ids, numbered_events
+from tests.support.helpers import FORM
+from tests.support.processes import eventually
 
 REQUESTS = 5
 READ_TIMEOUT = 0.5

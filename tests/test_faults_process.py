@@ -21,10 +21,10 @@ from urllib.parse import quote
 import aiohttp
 
 from tests.conftest import EU_TOKEN, US_TOKEN, relay_config
-from tests.fakes import FakeUpstream
-from tests.faulty import Ledger, insert_ids, numbered_events
-from tests.helpers import FORM
-from tests.processes import RelayProcess, eventually
+from tests.support.fakes import FakeUpstream
+from tests.support.faulty import Ledger, insert_ids, numbered_events
+from tests.support.helpers import FORM
+from tests.support.processes import RelayProcess, eventually
 
 REQUESTS = 8
 

@@ -9,9 +9,9 @@ from aiohttp.test_utils import TestClient
 from proxy.app import METRICS_KEY
 from proxy.ops.routes import OPS_LISTENER_KEY
 from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
-from tests.fakes import FakeUpstream
-from tests.helpers import FORM, browser_form, event
-from tests.scrape import Samples, scrape, value
+from tests.support.fakes import FakeUpstream
+from tests.support.helpers import FORM, browser_form, event
+from tests.support.scrape import Samples, scrape, value
 
 STRICT = {"routing": {"strict": True}, "cors": {"allowed_origins": ["https://shop.example"]},
           "limits": {"body": {"track": 400}}}

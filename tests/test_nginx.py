@@ -20,10 +20,10 @@ from yarl import URL
 from proxy.assets.names import is_immutable
 from proxy.endpoints import DEFAULT_BODY_LIMITS
 from tests.conftest import relay_config
-from tests.fake_cdn import FakeCdn
-from tests.fakes import FakeUpstream
-from tests.helpers import FORM, browser_form, event
-from tests.processes import NginxFront, RelayProcess
+from tests.support.fake_cdn import FakeCdn
+from tests.support.fakes import FakeUpstream
+from tests.support.helpers import FORM, browser_form, event
+from tests.support.processes import NginxFront, RelayProcess
 
 pytestmark = pytest.mark.nginx
 

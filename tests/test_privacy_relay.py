@@ -11,10 +11,10 @@ from mixpanel import Consumer, Mixpanel
 from prometheus_client import CollectorRegistry
 
 from proxy.codec import extract_data
-from tests.bombs import gzip_zeros
 from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
-from tests.fakes import FakeUpstream
-from tests.helpers import BEACON, FORM, as_base64, basic, browser_form, event, raw_url
+from tests.support.bombs import gzip_zeros
+from tests.support.fakes import FakeUpstream
+from tests.support.helpers import BEACON, FORM, as_base64, basic, browser_form, event, raw_url
 
 EMAIL = r"[\w.+-]+@[\w-]+\.[\w.]+"
 SCRUB = {"privacy": {"drop_properties": ["$email"], "redact_patterns": [EMAIL],

@@ -10,7 +10,7 @@ from mixpanel import BufferedConsumer, Consumer, Mixpanel
 from mixpanel.credentials import ServiceAccountCredentials
 
 from tests.conftest import EU_TOKEN, IN_TOKEN, RelayFactory
-from tests.fakes import FakeUpstream
+from tests.support.fakes import FakeUpstream
 
 
 def consumer_for(base: str, credentials: Any = None) -> Consumer:

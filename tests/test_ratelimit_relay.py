@@ -11,8 +11,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
-from tests.fakes import FakeUpstream
-from tests.helpers import FORM, browser_form, event
+from tests.support.fakes import FakeUpstream
+from tests.support.helpers import FORM, browser_form, event
 
 ORIGIN = {"Origin": "https://shop.example"}
 # A rate so slow that no token comes back during the test: the burst alone decides.

@@ -13,8 +13,8 @@ from proxy.ops.health import RegionHealth
 from proxy.ops.metrics import Metrics
 from proxy.ops.routes import READINESS_KEY
 from tests.conftest import EU_TOKEN, IN_TOKEN, US_TOKEN, RelayFactory
-from tests.fakes import FakeUpstream
-from tests.helpers import FORM, browser_form, event
+from tests.support.fakes import FakeUpstream
+from tests.support.helpers import FORM, browser_form, event
 
 PROBING = {"health": {"probe_interval": 0.05, "probe_timeout": 0.5, "max_age": 0}}
 TRAFFIC_ONLY = {"health": {"probe_interval": 0, "max_age": 0}}

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 from tests.conftest import RelayFactory
-from tests.fakes import FakeUpstream
-from tests.faulty import closed_port
-from tests.helpers import FORM, basic
+from tests.support.fakes import FakeUpstream
+from tests.support.faulty import closed_port
+from tests.support.helpers import FORM, basic
 
 ORIGIN = {"Origin": "https://shop.example"}
 

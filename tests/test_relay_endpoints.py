@@ -7,8 +7,8 @@ import gzip
 import pytest
 
 from tests.conftest import US_TOKEN, RelayFactory
-from tests.fakes import FakeUpstream
-from tests.helpers import (
+from tests.support.fakes import FakeUpstream
+from tests.support.helpers import (
     BEACON,
     FORM,
     basic,

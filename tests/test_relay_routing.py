@@ -7,8 +7,8 @@ import json
 
 from proxy.codec import decode_data, extract_data
 from tests.conftest import EU_TOKEN, IN_TOKEN, US_TOKEN, RelayFactory
-from tests.fakes import FakeUpstream
-from tests.helpers import FORM, basic, browser_form, event, python_sdk_form, raw_url
+from tests.support.fakes import FakeUpstream
+from tests.support.helpers import FORM, basic, browser_form, event, python_sdk_form, raw_url
 
 
 def counts(upstreams: dict[str, FakeUpstream]) -> list[int]:

@@ -1,6 +1,6 @@
 """Load and soak: 1,000 concurrent keep-alive connections mixing every API endpoint against the
 relay as a real process, for 1 minute in CI (SOAK_SECONDS=300 for the 5-minute soak, or run
-`python -m tests.soak run --seconds 300` for the report alone). See tests/soak.py.
+`python -m tests.support.soak run --seconds 300` for the report alone). See tests/support/soak.py.
 
 Asserted: no errors at all, nothing the relay answered 200 for missing upstream, the 1,000
 connections really open at once, and RSS flat: after the ramp-up (the first quarter), the mean
@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.processes import REPO
+from tests.support.processes import REPO
 
 SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 CONNECTIONS = 1000
@@ -26,7 +26,7 @@ RSS_GROWTH_BOUND = 1.15
 
 def test_soak_thousand_connections(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
-    subprocess.run([sys.executable, "-m", "tests.soak", "run", "--seconds", str(SECONDS),
+    subprocess.run([sys.executable, "-m", "tests.support.soak", "run", "--seconds", str(SECONDS),
                     "--connections", str(CONNECTIONS), "--interval", str(INTERVAL),
                     "--json", str(out)], cwd=REPO, check=True, timeout=SECONDS + 120,
                    stdout=subprocess.DEVNULL)

@@ -15,9 +15,9 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
-from tests.fakes import FakeUpstream, Received
-from tests.helpers import BEACON, FORM, basic, browser_form, event, python_sdk_form
-from tests.processes import eventually
+from tests.support.fakes import FakeUpstream, Received
+from tests.support.helpers import BEACON, FORM, basic, browser_form, event, python_sdk_form
+from tests.support.processes import eventually
 
 Client = TestClient[Any, Any]
 

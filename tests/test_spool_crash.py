@@ -11,9 +11,9 @@ from pathlib import Path
 import aiohttp
 
 from tests.conftest import US_TOKEN, relay_config
-from tests.fakes import FakeUpstream
-from tests.helpers import FORM, browser_form
-from tests.processes import RelayProcess, eventually
+from tests.support.fakes import FakeUpstream
+from tests.support.helpers import FORM, browser_form
+from tests.support.processes import RelayProcess, eventually
 from tests.test_spool import fresh, on_disk, spool_config
 
 REQUESTS = 40

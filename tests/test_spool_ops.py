@@ -16,9 +16,9 @@ from proxy.cli import main
 from proxy.config import ConfigError, parse_config
 from proxy.spool import SpoolError
 from tests.conftest import US_TOKEN, RelayFactory, relay_config
-from tests.fakes import FakeUpstream
-from tests.helpers import FORM, browser_form
-from tests.processes import REPO, eventually
+from tests.support.fakes import FakeUpstream
+from tests.support.helpers import FORM, browser_form
+from tests.support.processes import REPO, eventually
 from tests.test_spool import fresh, on_disk, spool_config
 
 

@@ -15,7 +15,7 @@ from proxy.spool.entry import (
     stale_track_records,
 )
 from tests.conftest import US_TOKEN
-from tests.helpers import basic, browser_form, event, python_sdk_form
+from tests.support.helpers import basic, browser_form, event, python_sdk_form
 
 
 def entry(endpoint: str, body: bytes, headers: dict[str, str] | None = None,

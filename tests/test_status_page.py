@@ -13,9 +13,9 @@ import pytest
 
 from proxy.ops.routes import STATUS_BOARD_KEY
 from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
-from tests.fake_cdn import FakeCdn
-from tests.fakes import FakeUpstream
-from tests.helpers import FORM, browser_form, event
+from tests.support.fake_cdn import FakeCdn
+from tests.support.fakes import FakeUpstream
+from tests.support.helpers import FORM, browser_form, event
 
 pytestmark = pytest.mark.browser
 

@@ -23,9 +23,9 @@ import pytest
 
 from proxy.config import ConfigError, parse_config
 from tests.conftest import relay_config
-from tests.fakes import FakeUpstream
-from tests.helpers import FORM, browser_form, event
-from tests.processes import REPO, NginxFront, RelayProcess, eventually
+from tests.support.fakes import FakeUpstream
+from tests.support.helpers import FORM, browser_form, event
+from tests.support.processes import REPO, NginxFront, RelayProcess, eventually
 
 StartRelay = Callable[..., Awaitable[RelayProcess]]
 

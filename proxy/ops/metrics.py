@@ -151,7 +151,7 @@ class Metrics:
             "mixpanel_proxy_asset_cache_entries", "Bundle versions the cache holds.", registry=r)
         for result in ASSET_CACHE_RESULTS:
             self.asset_cache.labels(result)
-        # The lean edge (proxy/server/edge/): connections handed to aiohttp, by what made the request
+        # The lean edge (server/edge/): connections handed to aiohttp, by what made the request
         # not plain (target: not an SDK endpoint; method; framing: chunked, Expect, Upgrade or a
         # body past its limit; head: too long, not CRLF, refused by llhttp, or another version).
         self.edge_handovers = Counter(

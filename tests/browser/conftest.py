@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from playwright.async_api import Browser, async_playwright
 
-from tests.browser.harness import Site, launch_chromium
 from tests.conftest import RelayFactory
-from tests.fake_cdn import FakeCdn
+from tests.support.browser import Site, launch_chromium
+from tests.support.fake_cdn import FakeCdn
 
 
 @pytest.fixture(scope="package")

@@ -8,7 +8,8 @@ import json
 import pytest
 from playwright.async_api import Browser
 
-from tests.browser.harness import (
+from tests.conftest import EU_TOKEN
+from tests.support.browser import (
     Site,
     basic,
     calls,
@@ -18,8 +19,7 @@ from tests.browser.harness import (
     replay_id_once_recording,
     snippet_page,
 )
-from tests.conftest import EU_TOKEN
-from tests.fakes import FakeUpstream
+from tests.support.fakes import FakeUpstream
 
 pytestmark = pytest.mark.browser
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 from playwright.async_api import Browser
 
-from tests.browser.harness import (
+from tests.conftest import IN_TOKEN, US_TOKEN
+from tests.support.browser import (
     Site,
     calls,
     eventually,
@@ -19,8 +20,7 @@ from tests.browser.harness import (
     rrweb_events,
     snippet_page,
 )
-from tests.conftest import IN_TOKEN, US_TOKEN
-from tests.fakes import FakeUpstream
+from tests.support.fakes import FakeUpstream
 
 pytestmark = pytest.mark.browser
 

@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.async_api import Browser
 
-from tests.browser.harness import (
+from tests.conftest import IN_TOKEN
+from tests.support.browser import (
     Site,
     basic,
     calls,
@@ -23,9 +24,8 @@ from tests.browser.harness import (
     rrweb_events,
     snippet_page,
 )
-from tests.conftest import IN_TOKEN
-from tests.fake_cdn import FakeCdn
-from tests.fakes import FakeUpstream
+from tests.support.fake_cdn import FakeCdn
+from tests.support.fakes import FakeUpstream
 
 pytestmark = pytest.mark.browser
 

@@ -8,7 +8,8 @@ from urllib.parse import unquote_to_bytes
 import pytest
 from playwright.async_api import Browser
 
-from tests.browser.harness import (
+from tests.conftest import EU_TOKEN, US_TOKEN
+from tests.support.browser import (
     Site,
     calls,
     eventually,
@@ -17,8 +18,7 @@ from tests.browser.harness import (
     records,
     snippet_page,
 )
-from tests.conftest import EU_TOKEN, US_TOKEN
-from tests.fakes import FakeUpstream
+from tests.support.fakes import FakeUpstream
 
 pytestmark = pytest.mark.browser
 

@@ -32,8 +32,8 @@ from playwright.async_api import (
     Response,
 )
 
-from tests.fake_cdn import DIST
-from tests.fakes import FakeUpstream, Received
+from tests.support.fake_cdn import DIST
+from tests.support.fakes import FakeUpstream, Received
 
 T = TypeVar("T")
 

@@ -27,7 +27,7 @@ from aiohttp.test_utils import TestServer
 __all__ = ["DIST", "SDK_VERSION", "CdnRequest", "FakeCdn", "cdn_files"]
 
 SDK_VERSION = "2.83.0"
-DIST = Path(__file__).parent / "js" / "node_modules" / "mixpanel-browser" / "dist"
+DIST = Path(__file__).resolve().parent.parent / "js" / "node_modules" / "mixpanel-browser" / "dist"
 
 # The loaders under their CDN names (the snippet loads mixpanel-2-latest.min.js; the unminified
 # one is what Mixpanel's nginx proxy serves as /lib.js).

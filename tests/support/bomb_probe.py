@@ -1,6 +1,6 @@
 """Run in a fresh interpreter: feed one bomb file to the codec, report peak RSS growth as JSON.
 
-    python -m tests.bomb_probe <gzip|deflate|br> <bomb file> <inflate limit bytes>
+    python -m tests.support.bomb_probe <gzip|deflate|br> <bomb file> <inflate limit bytes>
 
 The bomb is built by the caller and only read here, so nothing before decoding raised the peak
 above the current RSS; where Linux allows, the peak is also reset (/proc/self/clear_refs) just

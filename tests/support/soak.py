@@ -1,8 +1,8 @@
 """Load and soak harness: the relay as a real process (`python -m proxy serve`), fake regional
 upstreams in a second process, and this process as the load generator (aiohttp clients).
 
-    python -m tests.soak run --seconds 300 --connections 1000 [--json out.json]   # the long soak
-    python -m tests.soak fakes                                           # (used by `run`)
+    python -m tests.support.soak run --seconds 300 --connections 1000 [--json out.json]
+    python -m tests.support.soak fakes          # (used by `run`)
 
 `connections` clients each hold one keep-alive connection to the relay for the whole run and
 send one request every `interval` seconds (jittered), cycling through a mix of every API
@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from tests.processes import RelayProcess
+from tests.support.processes import RelayProcess
 
 TOKENS = {"us": "tok_us_1234", "eu": "tok_eu_5678", "in": "tok_in_9012"}
 DATA_ENDPOINTS = ("track", "engage", "groups", "import", "record")
@@ -118,7 +118,7 @@ async def serve_fakes() -> None:
     Prints their URLs as one JSON line, and the counts as another on SIGTERM."""
     from aiohttp.test_utils import TestServer
 
-    from tests.fakes import FakeUpstream
+    from tests.support.fakes import FakeUpstream
 
     fakes = {name: FakeUpstream(name) for name in TOKENS}
     for fake in fakes.values():
@@ -229,7 +229,7 @@ async def sample(relay: RelayProcess, report: Report, stop: asyncio.Event) -> No
 
 async def run(seconds: float, connections: int, interval: float) -> Report:
     fakes = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.soak", "fakes", stdout=asyncio.subprocess.PIPE)
+        sys.executable, "-m", "tests.support.soak", "fakes", stdout=asyncio.subprocess.PIPE)
     assert fakes.stdout is not None
     urls = json.loads(await fakes.stdout.readline())
     workdir = Path(tempfile.mkdtemp(prefix="mixpanel-soak-"))

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote
 
-from tests.fakes import Received
-from tests.helpers import as_base64, event
+from tests.support.fakes import Received
+from tests.support.helpers import as_base64, event
 
 Mode = Literal["ok", "hang", "slow", "reset_mid_body"]
 OK_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\n1"

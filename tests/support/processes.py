@@ -19,7 +19,7 @@ from typing import Any
 
 import tomli_w
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED_NGINX = REPO / "nginx"
 _LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 
