@@ -37,7 +37,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     metrics = Metrics(registry)
     upstream = UpstreamClient(config.upstream)
     health = RegionHealth(config.regions, metrics, config.health.max_age)
-    spool = Spool(config, upstream, metrics)
+    spool = Spool(config, upstream, metrics) if config.spool.enabled else None
     relay = ApiRelay(config, upstream, metrics, health=health, spool=spool)
     # The access log never shows more of a client IP than [privacy] lets the upstream see.
     privacy_ip = IpPolicy(config.privacy).upstream_ip if config.privacy.ip != "full" else None
@@ -58,7 +58,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app[RELAY_KEY] = relay
     app[ACCESS_KEY] = recorder
     app.cleanup_ctx.append(_upstream_session)
-    if config.spool.enabled:   # after the session: drainers send through it, and stop before it
+    if spool is not None:   # after the session: drainers send through it, and stop before it
         app.cleanup_ctx.append(spool.lifespan)
     install_ops(app, config, metrics, health, upstream)   # /healthz /readyz /metrics /status
     # Before the catch-all, which would take /libs/; after install_ops (the status board).

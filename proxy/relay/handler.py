@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from ..codec import CodecError
 from ..codec.payload import form_field
@@ -25,7 +24,7 @@ from ..decide.paths import PathMatch, PathMatcher
 from ..decide.routing import Part, Plan, RoutedRequest, Router, UnknownToken
 from ..ops.accesslog import request_facts
 from ..ops.health import RegionHealth
-from ..ops.metrics import Metrics, RouteMeters
+from ..ops.metrics import Metrics
 from ..spool import Spool, SpoolEntry
 from ..upstream.client import UpstreamAnswer, UpstreamClient, UpstreamFailure
 from . import answers
@@ -34,18 +33,22 @@ from .coalesce import MERGED_QUERY, Coalescer, MergedAnswer, accepted
 from .incoming import Incoming
 from .ratelimit import RateLimiter
 
+Outcome = UpstreamAnswer | UpstreamFailure
 _ALLOWED_METHODS = ("GET", "POST")
 _MATCHES_KEPT = 1024
 
 
 class ApiRelay:
+    """`spool` is None when `[spool]` is off: the request path then does no spool work at all.
+    Its collaborators come from `app.create_app`, the one wiring place."""
+
     def __init__(self, config: Config, upstream: UpstreamClient, metrics: Metrics, *,
-                 health: RegionHealth | None = None, spool: Spool | None = None) -> None:
+                 health: RegionHealth, spool: Spool | None) -> None:
         self._config = config
         self._upstream = upstream
         self._metrics = metrics
-        self._spool = spool or Spool(config, upstream, metrics)
-        self._health = health or RegionHealth(config.regions, metrics, config.health.max_age)
+        self._spool = spool
+        self._health = health
         self._paths = PathMatcher(config.routing.base_path, config.routing.aliases)
         self._matches: dict[str, PathMatch] = {}
         self._router = Router(config)
@@ -171,30 +174,17 @@ class ApiRelay:
         take first (in `always` mode it answers at once anyway)."""
         return (match.endpoint == "track" and routed.method == "POST"
                 and not routed.content_encoding and not part.content_encoding
-                and part.query is None and not self._spool.takes_first(part.region, "track"))
+                and part.query is None
+                and (self._spool is None or not self._spool.takes_first(part.region, "track")))
 
     async def _send_merged(self, region: str, body: bytes) -> MergedAnswer:
         """One merged /track batch (see coalesce.py): events carry their IPs, so `ip=0`."""
-        url = URL(f"{self._base_urls[(region, 'track')]}/track?{MERGED_QUERY.decode()}",
-                  encoded=True)
         headers = {"Content-Type": "application/x-www-form-urlencoded",
                    "Accept-Encoding": "identity"}
-        self._metrics.upstream_bytes.labels("track", region).inc(len(body))
-        started = time.perf_counter()
-        try:
-            answer = await self._upstream.send("POST", url, headers, body)
-        except UpstreamFailure as failure:
-            self._metrics.upstream_failures.labels(region, failure.kind).inc()
-            self._health.failed(region, failure.message)
-            result = MergedAnswer(accepted=False)
-        else:
-            seconds = time.perf_counter() - started
-            self._metrics.upstream_seconds.labels(region, "track").observe(seconds)
-            if answer.status >= 500:
-                self._health.failed(region, f"answered {answer.status}")
-            else:
-                self._health.succeeded(region, seconds)
-            result = MergedAnswer(accepted(answer.status, answer.body))
+        outcome, _ = await self._exchange(region, "track", f"/track?{MERGED_QUERY.decode()}",
+                                          "POST", headers, body, None)
+        result = MergedAnswer(isinstance(outcome, UpstreamAnswer)
+                              and accepted(outcome.status, outcome.body))
         self._metrics.coalesced_batches.labels(
             region, "accepted" if result.accepted else "refused").inc()
         return result
@@ -212,8 +202,7 @@ class ApiRelay:
         return self._combine(routed, responses, cors)
 
     async def _send(self, routed: RoutedRequest, match: PathMatch, part: Part,
-                    headers: Mapping[str, str],
-                    client_ip: str) -> UpstreamAnswer | UpstreamFailure:
+                    headers: Mapping[str, str], client_ip: str) -> Outcome:
         query = routed.query if part.query is None else part.query
         path_qs = f"{match.upstream_path}?{query.decode()}" if query else match.upstream_path
         out_headers = upstream_request_headers(headers, self._ip_policy.upstream_ip(client_ip),
@@ -223,39 +212,56 @@ class ApiRelay:
         body = routed.body if part.body is None else part.body
         read_timeout = (self._config.upstream.settings_timeout
                         if match.endpoint == "settings" else None)
-        meters = self._metrics.route(match.endpoint, part.region)
-        meters.upstream_bytes.inc(len(body))
+        spool = self._spool
+        if spool is None:
+            return await self._exchange_for_client(part.region, match.endpoint, path_qs,
+                                                   routed.method, out_headers, body, read_timeout)
         entry = SpoolEntry(part.region, match.endpoint, routed.method, match.upstream_path,
                            query, out_headers, body)
-        if self._spool.takes_first(part.region, match.endpoint):
-            stored = await self._spool.store(entry, routed)
+        if spool.takes_first(part.region, match.endpoint):
+            stored = await spool.store(entry, routed)
             if isinstance(stored, UpstreamAnswer):
                 return stored
+        outcome = await self._exchange_for_client(part.region, match.endpoint, path_qs,
+                                                  routed.method, out_headers, body, read_timeout)
+        if not spool.would_keep(match.endpoint, outcome):
+            return outcome
+        return await spool.after(entry, routed, outcome)
+
+    async def _exchange_for_client(self, region: str, endpoint: str, path_qs: str, method: str,
+                                   headers: dict[str, str], body: bytes,
+                                   read_timeout: float | None) -> Outcome:
+        """An exchange made for one client request: its upstream time goes to that request's
+        access record (a merged batch's belongs to no single request)."""
+        outcome, seconds = await self._exchange(region, endpoint, path_qs, method, headers, body,
+                                                read_timeout)
+        request_facts().upstream_took(seconds)
+        return outcome
+
+    async def _exchange(self, region: str, endpoint: str, path_qs: str, method: str,
+                        headers: dict[str, str], body: bytes,
+                        read_timeout: float | None) -> tuple[Outcome, float]:
+        """One upstream exchange and its accounting, the only one: bytes out, latency, answer
+        size, failures by kind, and region health."""
+        meters = self._metrics.route(endpoint, region)
+        meters.upstream_bytes.inc(len(body))
         started = time.perf_counter()
         try:
             answer = await self._upstream.send_to(
-                self._base_urls[(part.region, match.endpoint)], path_qs, routed.method,
-                out_headers, body if body or routed.method == "POST" else None, read_timeout)
+                self._base_urls[(region, endpoint)], path_qs, method, headers,
+                body if body or method == "POST" else None, read_timeout)
         except UpstreamFailure as failure:
-            self._metrics.upstream_failures.labels(part.region, failure.kind).inc()
-            self._health.failed(part.region, failure.message)
-            request_facts().upstream_took(time.perf_counter() - started)
-            return await self._spool.after(entry, routed, failure)
-        self._observe(part.region, meters, answer, time.perf_counter() - started)
-        if not self._spool.would_keep(match.endpoint, answer):
-            return answer
-        return await self._spool.after(entry, routed, answer)
-
-    def _observe(self, region: str, meters: RouteMeters, answer: UpstreamAnswer,
-                 seconds: float) -> None:
-        """Latency, answer size and region health from one upstream exchange."""
+            self._metrics.upstream_failures.labels(region, failure.kind).inc()
+            self._health.failed(region, failure.message)
+            return failure, time.perf_counter() - started
+        seconds = time.perf_counter() - started
         meters.upstream_seconds.observe(seconds)
         meters.upstream_response_bytes.inc(len(answer.body))
-        request_facts().upstream_took(seconds)
         if answer.status >= 500:   # reachable, but not serving: not ready either
             self._health.failed(region, f"answered {answer.status}")
         else:
             self._health.succeeded(region, seconds)
+        return answer, seconds
 
     def _translate(self, outcome: UpstreamAnswer | UpstreamFailure,
                    cors: dict[str, str]) -> Answer:
