@@ -98,6 +98,9 @@ class Lane:
         self._max_events = max_events
         self._in_flight = 0
         self._waiting: list[Waiter] = []
+        # Strong references: the loop keeps only weak ones, and a collected send would leave
+        # its waiters hanging.
+        self._sends: set[asyncio.Future[None]] = set()
 
     @property
     def busy(self) -> bool:
@@ -122,6 +125,8 @@ class Lane:
             batch = self._take_batch()
             self._in_flight += 1
             task = asyncio.ensure_future(self._send(batch))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
             task.add_done_callback(_raise_unexpected)
 
     def _take_batch(self) -> list[Waiter]:
