@@ -46,6 +46,10 @@ DEFAULT_BODY_LIMITS: Final[dict[str, int]] = {
     "settings": 64 * 1024,
 }
 
+# Mixpanel keeps nested objects to depth 3 inside properties (about 6 counted from the batch
+# array); 64 leaves room for any payload it could take and bounds every walk over a decoded one.
+DEFAULT_MAX_DEPTH: Final = 64
+
 # The SDK bundles served first-party (assets/): the loader's names, the loader at the site's
 # root as in Mixpanel's own nginx tracking-proxy, and what a bundle name may look like at all.
 # Here rather than in assets/ because config and the access log need them too.

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from ..endpoints import DEFAULT_MAX_DEPTH
 from .errors import TooManyRecords, UndecodablePayload
 from .inflate import inflate
 
@@ -24,9 +25,6 @@ __all__ = [
 ]
 
 MAX_RECORDS = 2000          # Mixpanel's per-request maximum for /track, /import, /engage, /groups
-# Mixpanel keeps nested objects to depth 3 inside properties (about 6 counted from the batch
-# array); 64 leaves room for any payload it could take and bounds every walk over a decoded one.
-DEFAULT_MAX_DEPTH = 64
 _URLSAFE = bytes.maketrans(b"-_ ", b"+/+")   # a '+' sent unescaped in a form arrives as ' '
 _WRAPPING = b"\r\n\t"                         # line breaks some base64 encoders insert
 

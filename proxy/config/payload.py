@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from ..codec import DEFAULT_MAX_DEPTH
+from ..endpoints import DEFAULT_MAX_DEPTH
 from .reader import TableReader
 
 INSERT_ID_POLICIES: Final = ("when_rewriting", "always", "never")
