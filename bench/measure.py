@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import statistics
 import subprocess
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ class Result:
     cpu_us_per_request: float
     errors: int
     mb_per_s: float = 0.0
-    machine_busy_pct: float = 0.0       # all cores, every process (wrk and neighbours included)
+    others_cpu_pct: float = 0.0         # the machine's CPU used by processes outside the run
 
 
 def process_tree(root: int) -> list[int]:
@@ -107,17 +108,28 @@ def _percentile(out: str, which: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
+def children_cpu_seconds() -> float:
+    """CPU of this process's finished children: wrk's, once it has been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(scenario: str, contender: str, url: str, script: Path, connections: int,
-            duration: float, pids: list[int], body_size: int) -> Result:
-    before, (busy_before, total_before) = cpu_seconds(pids), machine_jiffies()
+            duration: float, pids: list[int], body_size: int, harness: list[int]) -> Result:
+    """One wrk run against `pids`; `harness` (the fake upstream) is ours too, so that the CPU
+    nobody in the run used (neighbours on a shared machine) can be reported beside the figures."""
+    own, theirs, wrk = cpu_seconds(pids), cpu_seconds(harness), children_cpu_seconds()
+    busy_before, total_before = machine_jiffies()
     stats = run_wrk(url, script, connections, duration)
-    cpu = cpu_seconds(pids) - before
     busy_after, total_after = machine_jiffies()
+    cpu = cpu_seconds(pids) - own
+    ours = cpu + cpu_seconds(harness) - theirs + children_cpu_seconds() - wrk
+    others = (busy_after - busy_before) / CLK_TCK - ours
     requests = stats["rate"] * duration
-    busy = 100 * (busy_after - busy_before) / max(total_after - total_before, 1)
     return Result(scenario, contender, round(stats["rate"], 1), stats["p50"], stats["p99"],
                   round(cpu / max(requests, 1) * 1e6, 1), int(stats["errors"]),
-                  round(stats["rate"] * body_size / 1e6, 1), round(busy))
+                  round(stats["rate"] * body_size / 1e6, 1),
+                  round(max(0.0, 100 * others * CLK_TCK / max(total_after - total_before, 1))))
 
 
 def median_result(runs: list[Result]) -> Result:
@@ -130,4 +142,4 @@ def median_result(runs: list[Result]) -> Result:
                   statistics.median(r.cpu_us_per_request for r in runs),
                   sum(r.errors for r in runs),
                   statistics.median(r.mb_per_s for r in runs),
-                  statistics.median(r.machine_busy_pct for r in runs))
+                  statistics.median(r.others_cpu_pct for r in runs))
