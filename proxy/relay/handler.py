@@ -268,8 +268,9 @@ class ApiRelay:
             headers = {**client_response_headers(outcome.headers), **cors}
             return Answer(status, headers, outcome.body)
         retry_after = outcome.headers.get("Retry-After", self._retry_after)
-        if status == 429:
-            return answers.problem(429, "upstream rate limit", {**cors, "Retry-After": retry_after})
+        if status == 429:     # 503 for the same reason as our own rate limit (_rate_limited)
+            return answers.problem(503, "upstream rate limit",
+                                   {**cors, "Retry-After": retry_after})
         if status >= 500 or 300 <= status < 400:
             return answers.problem(503, f"upstream answered {status}",
                                  {**cors, "Retry-After": retry_after})
@@ -292,15 +293,17 @@ class ApiRelay:
 
     def _rate_limited(self, who: str, key: str, wait: int,
                       cors: dict[str, str]) -> Answer:
-        # 429 + Retry-After: the SDKs keep the batch and retry later, so nothing is dropped.
+        # 503 + Retry-After, not 429: mixpanel-iphone deletes a batch on any 4xx (it retries
+        # only 5xx), and every SDK that retries a 429 retries a 503 too (sdk-endpoints.md 5.2).
         message = f"rate limit exceeded for {who} ([limits.rate] {key}); retry in {wait} s"
-        return self._reject("rate_limit", 429, message, {**cors, "Retry-After": str(wait)})
+        return self._reject("rate_limit", 503, message, {**cors, "Retry-After": str(wait)},
+                            limit=key)
 
     def _reject(self, reason: str, status: int, message: str,
-                headers: dict[str, str]) -> Answer:
+                headers: dict[str, str], **extra: object) -> Answer:
         self._metrics.reject(reason)
         request_facts().reason = reason
-        return answers.problem(status, message, headers)
+        return answers.problem(status, message, headers, **extra)
 
 
 def _too_large(endpoint: str, limit: int) -> str:
