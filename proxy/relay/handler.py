@@ -16,7 +16,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ..codec import CodecError
-from ..codec.payload import form_field
 from ..codec.policy import IpPolicy
 from ..config import Config
 from ..decide.clientip import ClientIPResolver
@@ -209,7 +208,7 @@ class ApiRelay:
         for part, response in zip(plan.parts, responses, strict=True):
             self._metrics.count_request(match.endpoint, part.region, response.status)
             request_facts().add_region(part.region)
-        return self._combine(routed, responses, cors)
+        return self._combine(routed, responses, cors, sum(part.records for part in plan.parts))
 
     async def _send(self, routed: RoutedRequest, match: PathMatch, part: Part,
                     headers: Mapping[str, str],
@@ -277,18 +276,17 @@ class ApiRelay:
         return answers.problem(status, f"upstream answered {status}", cors)
 
     def _combine(self, routed: RoutedRequest, responses: Sequence[Answer],
-                 cors: dict[str, str]) -> Answer:
+                 cors: dict[str, str], records: int) -> Answer:
         """One truthful answer for a split batch: 200 only when every part was accepted."""
         statuses = [response.status for response in responses]
         if all(status == 200 for status in statuses):
-            body, content_type = answers.success_body(routed.endpoint, _is_verbose(routed))
+            body, content_type = answers.success_for(routed, records)
             return Answer(200, {**cors, "Content-Type": content_type}, body)
         # Retryable failures first: the SDK resends the whole batch, and Mixpanel deduplicates
         # the parts that were already accepted by (event, distinct_id, time, $insert_id).
-        for wanted in (429, 503):
-            for response in responses:
-                if response.status == wanted:
-                    return response
+        for response in responses:
+            if response.status == 503:
+                return response
         return next(response for response in responses if response.status != 200)
 
     def _rate_limited(self, who: str, key: str, wait: int,
@@ -312,14 +310,9 @@ def _too_large(endpoint: str, limit: int) -> str:
 
 def _merged_success(routed: RoutedRequest) -> UpstreamAnswer:
     """The answer Mixpanel would have given this client alone: `1`, or the verbose JSON."""
-    body, content_type = answers.success_body("track", _is_verbose(routed))
+    body, content_type = answers.success_for(routed)
     return UpstreamAnswer(200, CIMultiDictProxy(CIMultiDict({"Content-Type": content_type})), body)
 
 
 def _is_json(answer: UpstreamAnswer) -> bool:
     return "json" in answer.headers.get("Content-Type", "")
-
-
-def _is_verbose(routed: RoutedRequest) -> bool:
-    return (form_field(routed.query, b"verbose") == b"1"
-            or form_field(routed.body, b"verbose") == b"1")
