@@ -28,6 +28,15 @@ from ..codec.policy import PayloadPolicy
 from ..config import Config
 from ..endpoints import BASIC_TOKEN_ENDPOINTS, DATA_ENDPOINTS
 
+# Mixpanel's own SDK telemetry, sent under Mixpanel's tokens rather than the app's: the
+# "Integration" event of mixpanel-android up to 7.5.1 (`MixpanelAPI.sendHttpEvent`),
+# mixpanel-iphone (`Mixpanel.m`, still at 5.0.9) and mixpanel-swift 2.x; the DEBUG-build events
+# ("SDK Debug Launch", "SDK Implemented", "Toggle SDK Logging", with an /engage `$add`) of
+# mixpanel-iphone and mixpanel-swift 3.x-4.x under `metrics-1`. A strict relay answers them
+# locally with the SDK's success and forwards nothing: a 403 would head an Android queue.
+TELEMETRY_TOKENS = frozenset({"85053bf24bba75239b16a601d9387e17", "metrics-1"})
+_LOCAL = ""          # the "region" of records answered locally
+
 
 class UnknownToken(Exception):
     """Strict mode met a token (or no token) that `[[projects]]` does not list: answer 403."""
@@ -69,9 +78,10 @@ class Part:
 
 @dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
 class Plan:
-    parts: tuple[Part, ...]
+    parts: tuple[Part, ...]            # empty: nothing to forward, the relay answers itself
     split: bool = False
     tokens: tuple[str, ...] = field(default_factory=tuple)
+    telemetry: int = 0                 # records under TELEMETRY_TOKENS, answered locally
 
 
 class Router:
@@ -114,6 +124,8 @@ class Router:
         if region is not None:
             return region
         if self._strict:
+            if token in TELEMETRY_TOKENS:
+                return _LOCAL
             shown = f"token {token[:6]}…" if token else "no project token"
             raise UnknownToken(f"{shown} is not a project this relay serves")
         return fallback
@@ -133,6 +145,10 @@ class Router:
         endpoint = request.endpoint
         changed = self._policy.scrub(endpoint, decoded.records)
         regions, tokens = self._regions(request, decoded.records, fallback, fixed)
+        local = regions.pop(_LOCAL, [])
+        if local and not regions:
+            return Plan((), tokens=tokens, telemetry=len(local))
+        changed = changed or bool(local)       # the rest goes without the telemetry records
         split = len(regions) > 1
         changed = self._policy.add_insert_ids(endpoint, decoded.records, split or changed) \
             or changed
@@ -147,7 +163,7 @@ class Router:
         gzip_level = self._gzip_level if endpoint in GZIP_ENDPOINTS else 0
         parts = tuple(_rewritten_part(region, items, decoded, query or request.query, gzip_level)
                       for region, items in regions.items())
-        return Plan(parts, split=split, tokens=tokens)
+        return Plan(parts, split=split, tokens=tokens, telemetry=len(local))
 
     def _regions(self, request: RoutedRequest, records: list[Any], fallback: str,
                  fixed: bool) -> tuple[dict[str, list[Any]], tuple[str, ...]]:
@@ -158,7 +174,7 @@ class Router:
         tokens: list[str] = []
         for record in records:
             token = record_token(record) or header_token
-            if token:
+            if token and token not in TELEMETRY_TOKENS:
                 tokens.append(token)
             region = fallback if fixed else self._region_for(token, fallback)
             regions.setdefault(region, []).append(record)

@@ -141,6 +141,11 @@ class ApiRelay:
             if part.body is not None or part.query is not None:
                 self._metrics.child(self._metrics.rewritten, endpoint).inc()
                 break
+        if plan.telemetry:
+            self._metrics.child(self._metrics.telemetry, endpoint).inc(plan.telemetry)
+        if not plan.parts:      # only Mixpanel's own telemetry (strict mode): answered here
+            body, content_type = answers.success_for(routed, 0)
+            return Answer(200, {**cors, "Content-Type": content_type}, body)
         wait = self._rate.check_tokens(plan.tokens)
         if wait:
             return self._rate_limited("this project token", "token_per_second", wait, cors)

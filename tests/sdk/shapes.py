@@ -361,3 +361,16 @@ async def send(client: Any, shape: Shape, headers: dict[str, str] | None = None)
                                             headers={**shape.headers, **(headers or {})})
     body = await response.read()
     return Reply(response.status, dict(response.headers), body)
+
+
+def records_of(received: Any) -> list[Any]:
+    """The records of one request a fake upstream received: a JSON/NDJSON body or `data=`."""
+    plain: bytes = received.plain_body()
+    if plain.lstrip()[:1] in (b"[", b"{"):
+        lines = plain.strip().split(b"\n")
+        if len(lines) > 1 and lines[0].strip()[:1] == b"{":
+            return [json.loads(line) for line in lines if line.strip()]
+        payload = json.loads(plain)
+        return payload if isinstance(payload, list) else [payload]
+    records: list[Any] = received.records()
+    return records
