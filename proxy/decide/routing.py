@@ -9,8 +9,6 @@ each part re-encoded as compact JSON `data=` (see codec/encode.py).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,10 +21,12 @@ from ..codec import (
     decode_payload,
     encode_payload,
     form_field,
+    set_field,
 )
 from ..codec.policy import PayloadPolicy
 from ..config import Config
 from ..endpoints import BASIC_TOKEN_ENDPOINTS, DATA_ENDPOINTS
+from .credentials import ImportPart, basic_credentials, import_parts
 
 # Mixpanel's own SDK telemetry, sent under Mixpanel's tokens rather than the app's: the
 # "Integration" event of mixpanel-android up to 7.5.1 (`MixpanelAPI.sendHttpEvent`),
@@ -74,6 +74,7 @@ class Part:
     drop_content_encoding: bool = False
     records: int = 0
     content_encoding: str = ""         # the coding of a rewritten body, e.g. "gzip"
+    authorization: str | None = None   # a split /import part's own credentials
 
 
 @dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
@@ -90,6 +91,7 @@ class Router:
         self._strict = config.routing.strict
         self._by_token = {p.token: p.region for p in config.projects}
         self._by_project_id = {p.project_id: p.region for p in config.projects if p.project_id}
+        self._project_ids = {p.token: p.project_id for p in config.projects}
         # Without listed projects and strict mode, no answer depends on the payload: never decode.
         self._needs_payload = bool(self._by_token) or self._strict
         self._policy = PayloadPolicy(config.privacy, config.payload)
@@ -149,7 +151,8 @@ class Router:
         if local and not regions:
             return Plan((), tokens=tokens, telemetry=len(local))
         changed = changed or bool(local)       # the rest goes without the telemetry records
-        split = len(regions) > 1
+        groups = self._groups(request, decoded, regions, fixed)
+        split = len(groups) > 1
         changed = self._policy.add_insert_ids(endpoint, decoded.records, split or changed) \
             or changed
         query = self._policy.ip.zero_ip_field(request.query, add=True)
@@ -158,12 +161,24 @@ class Router:
         if form is not None:
             decoded, changed = dataclasses.replace(decoded, body=form), True
         if not split and not changed:
-            part = Part(next(iter(regions)), query=query, records=len(decoded.records))
+            part = Part(groups[0].region, query=query, records=len(decoded.records))
             return Plan((part,), tokens=tokens)
         gzip_level = self._gzip_level if endpoint in GZIP_ENDPOINTS else 0
-        parts = tuple(_rewritten_part(region, items, decoded, query or request.query, gzip_level)
-                      for region, items in regions.items())
+        parts = tuple(_rewritten_part(group, decoded, query or request.query, gzip_level)
+                      for group in groups)
         return Plan(parts, split=split, tokens=tokens, telemetry=len(local))
+
+    def _groups(self, request: RoutedRequest, decoded: DecodedPayload,
+                regions: dict[str, list[Any]], fixed: bool) -> list[ImportPart]:
+        """One group per upstream request: per region, and for /import per project too, each
+        with credentials valid for its own project (see credentials.py)."""
+        if request.endpoint != "import" or fixed:
+            return [ImportPart(region, records) for region, records in regions.items()]
+        has_api_key = (form_field(request.query, b"api_key") is not None
+                       or (decoded.carrier == "form"
+                           and form_field(decoded.body, b"api_key") is not None))
+        return import_parts(request.authorization, has_api_key, regions, record_token,
+                            self._project_ids)
 
     def _regions(self, request: RoutedRequest, records: list[Any], fallback: str,
                  fixed: bool) -> tuple[dict[str, list[Any]], tuple[str, ...]]:
@@ -187,12 +202,15 @@ class Router:
                             depth=self._max_depth)
 
 
-def _rewritten_part(region: str, items: list[Any], decoded: DecodedPayload, query: bytes,
+def _rewritten_part(group: ImportPart, decoded: DecodedPayload, query: bytes,
                     gzip_level: int) -> Part:
-    encoded = encode_payload(decoded, items, query, gzip_level)
-    return Part(region, body=encoded.body, query=encoded.query,
+    if group.project_id is not None:
+        query = set_field(query, b"project_id", str(group.project_id).encode())
+    encoded = encode_payload(decoded, group.records, query, gzip_level)
+    return Part(group.region, body=encoded.body, query=encoded.query,
                 drop_content_encoding=encoded.body is not None,
-                content_encoding=encoded.content_encoding, records=len(items))
+                content_encoding=encoded.content_encoding, records=len(group.records),
+                authorization=group.authorization)
 
 
 def record_token(record: Any) -> str | None:
@@ -208,12 +226,5 @@ def record_token(record: Any) -> str | None:
 
 def basic_auth_user(header: str) -> str | None:
     """The user part of `Authorization: Basic base64(user:password)`: the token for the SDKs."""
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic" or not value:
-        return None
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        return None
-    user = decoded.partition(":")[0]
-    return user or None
+    credentials = basic_credentials(header)
+    return credentials[0] if credentials else None

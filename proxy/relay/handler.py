@@ -19,6 +19,7 @@ from ..codec import CodecError
 from ..codec.policy import IpPolicy
 from ..config import Config
 from ..decide.clientip import ClientIPResolver
+from ..decide.credentials import MixedCredentials
 from ..decide.headers import CorsPolicy, client_response_headers, upstream_request_headers
 from ..decide.paths import PathMatch, PathMatcher
 from ..decide.routing import Part, Plan, RoutedRequest, Router, UnknownToken
@@ -135,7 +136,7 @@ class ApiRelay:
             plan = self._router.plan(routed)
         except CodecError as exc:
             return self._reject(exc.reason, exc.status, exc.message, cors)
-        except UnknownToken as exc:
+        except (UnknownToken, MixedCredentials) as exc:
             return self._reject(exc.reason, exc.status, exc.message, cors)
         for part in plan.parts:
             if part.body is not None or part.query is not None:
@@ -224,6 +225,8 @@ class ApiRelay:
                                                part.drop_content_encoding)
         if part.content_encoding:      # a rewritten body the router re-encoded (gzip)
             out_headers["Content-Encoding"] = part.content_encoding
+        if part.authorization:         # a split /import part's own project credentials
+            out_headers["Authorization"] = part.authorization
         body = routed.body if part.body is None else part.body
         read_timeout = (self._config.upstream.settings_timeout
                         if match.endpoint == "settings" else None)
