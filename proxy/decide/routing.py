@@ -133,10 +133,14 @@ class Router:
         return fallback
 
     def _plan_by_header_token(self, request: RoutedRequest, fallback: str) -> Plan:
+        """The Basic user is the token, unless it is not a listed token and `token=` is: server
+        flags SDKs with a service account (Ruby, Go, Python, Node) send `Basic <sa user>:<secret>`
+        plus `token=` and `project_id=` (a listed project_id has already decided)."""
         token = basic_auth_user(request.authorization)
-        if token is None and request.query:
+        if (token is None or token not in self._by_token) and request.query:
             raw = form_field(request.query, b"token")
-            token = raw.decode("utf-8", "replace") if raw else None
+            if raw:
+                token = raw.decode("utf-8", "replace")
         return Plan((Part(self._region_for(token, fallback)),), tokens=(token,) if token else ())
 
     def _plan_by_payload(self, request: RoutedRequest, fallback: str,
