@@ -10,6 +10,7 @@ from functools import partial
 from yarl import URL
 
 from ..endpoints import (
+    DATA_ENDPOINTS,
     DEFAULT_BODY_LIMITS,
     DEFAULT_ENDPOINT_URLS,
     DEFAULT_REGION_URLS,
@@ -72,10 +73,22 @@ class RateLimitConfig:
     token_burst: int = 1000
 
 
+SPLIT_MAX = 8 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class LimitsConfig:
     body: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_BODY_LIMITS))
     rate: RateLimitConfig = field(default_factory=RateLimitConfig)
+    # A track/engage/groups/import body (inflated) over its `body` limit but within this is
+    # decoded and sent as parts under the limit: SDKs that resend a refused batch forever
+    # (Android, Swift, Unity) would otherwise stall on a batch of valid records.
+    split_max: int = SPLIT_MAX
+
+    def accepted(self, endpoint: str) -> int:
+        """The largest body the relay reads for `endpoint` (splitting what is over `body`)."""
+        limit = self.body[endpoint]
+        return max(limit, self.split_max) if endpoint in DATA_ENDPOINTS else limit
 
 
 @dataclass(frozen=True)
@@ -237,8 +250,9 @@ def parse_limits(reader: TableReader) -> LimitsConfig:
         token_burst=rate_reader.integer("token_burst", 1000, minimum=1),
     )
     rate_reader.finish()
+    split_max = reader.size("split_max", SPLIT_MAX, minimum=1)
     reader.finish()
-    return LimitsConfig(body=body, rate=rate)
+    return LimitsConfig(body=body, rate=rate, split_max=split_max)
 
 
 def parse_upstream(reader: TableReader) -> UpstreamConfig:

@@ -18,6 +18,7 @@ from ..codec import (
     GZIP_ENDPOINTS,
     DecodedPayload,
     DecodeLimits,
+    PayloadTooLarge,
     decode_payload,
     encode_payload,
     form_field,
@@ -27,6 +28,7 @@ from ..codec.policy import PayloadPolicy
 from ..config import Config
 from ..endpoints import BASIC_TOKEN_ENDPOINTS, DATA_ENDPOINTS
 from .credentials import ImportPart, basic_credentials, import_parts
+from .sizing import oversize, size_chunks
 
 # Mixpanel's own SDK telemetry, sent under Mixpanel's tokens rather than the app's: the
 # "Integration" event of mixpanel-android up to 7.5.1 (`MixpanelAPI.sendHttpEvent`),
@@ -61,7 +63,8 @@ class RoutedRequest:
     content_type: str = ""
     content_encoding: str = ""
     authorization: str = ""
-    inflate_limit: int = 10 * 1024 * 1024
+    inflate_limit: int = 10 * 1024 * 1024   # the largest (inflated) body the relay decodes
+    part_limit: int = 0                     # a data body over it is sent in parts; 0: never
 
 
 @dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
@@ -101,12 +104,12 @@ class Router:
     def plan(self, request: RoutedRequest) -> Plan:
         fallback = request.pinned_region or self._default
         rewrites = self._policy.decodes(request.endpoint)
-        if not self._needs_payload and not rewrites:
+        if not self._needs_payload and not rewrites and not oversize(request):
             return Plan((Part(fallback),))
         if request.endpoint == "import" or request.endpoint == "flags":
             region = self._region_of_project_id(request.query)
             if region is not None:
-                if not rewrites:
+                if not rewrites and not oversize(request):
                     return Plan((Part(region),))
                 return self._plan_by_payload(request, region, fixed=True)
         if request.endpoint in BASIC_TOKEN_ENDPOINTS:
@@ -149,6 +152,9 @@ class Router:
         decoded = decode_payload(request.body, request.query, request.content_type,
                                  request.content_encoding, self._limits(request))
         endpoint = request.endpoint
+        if request.part_limit and len(decoded.body) > request.part_limit and not decoded.records:
+            raise PayloadTooLarge(f"the body exceeds the {request.part_limit}-byte limit for "
+                                  f"/{endpoint} and holds no records to send in parts")
         changed = self._policy.scrub(endpoint, decoded.records)
         regions, tokens = self._regions(request, decoded.records, fallback, fixed)
         local = regions.pop(_LOCAL, [])
@@ -156,6 +162,11 @@ class Router:
             return Plan((), tokens=tokens, telemetry=len(local))
         changed = changed or bool(local)       # the rest goes without the telemetry records
         groups = self._groups(request, decoded, regions, fixed)
+        if request.part_limit and len(decoded.body) > request.part_limit:
+            groups = [ImportPart(group.region, chunk, group.authorization, group.project_id)
+                      for group in groups
+                      for chunk in size_chunks(group.records, decoded, request.part_limit)]
+            changed = True
         split = len(groups) > 1
         changed = self._policy.add_insert_ids(endpoint, decoded.records, split or changed) \
             or changed

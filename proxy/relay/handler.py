@@ -54,6 +54,8 @@ class ApiRelay:
         self._client_ip = ClientIPResolver(config.server.trusted_proxies,
                                            config.server.client_ip_header)
         self._limits = config.limits.body
+        # The most the relay reads: a data body over its limit is cut into parts under it.
+        self._accepted = {endpoint: config.limits.accepted(endpoint) for endpoint in self._limits}
         self._rate = RateLimiter(config.limits.rate)
         self._coalescer = Coalescer(
             list(config.regions), config.coalesce.slots, config.coalesce.max_events,
@@ -106,7 +108,7 @@ class ApiRelay:
     async def _relay(self, request: Incoming, match: PathMatch,
                      cors: dict[str, str]) -> Answer:
         endpoint = match.endpoint
-        limit = self._limits[endpoint]
+        limit = self._accepted[endpoint]
         headers = request.headers
         client_ip = self._client_ip.resolve(
             request.remote, headers.get("X-Forwarded-For"), headers.get("X-Real-IP"),
@@ -131,7 +133,8 @@ class ApiRelay:
             endpoint=endpoint, pinned_region=match.region, method=request.method, query=query,
             body=body, content_type=headers.get("Content-Type", ""),
             content_encoding=headers.get("Content-Encoding", ""),
-            authorization=headers.get("Authorization", ""), inflate_limit=limit)
+            authorization=headers.get("Authorization", ""), inflate_limit=limit,
+            part_limit=self._limits[endpoint])
         try:
             plan = self._router.plan(routed)
         except CodecError as exc:
