@@ -96,6 +96,7 @@ class UpstreamConfig:
     connect_timeout: float = 3.0
     read_timeout: float = 20.0
     settings_timeout: float = 0.45        # the browser SDK aborts /settings after 500 ms
+    settings_timeout_mobile: float = 4.5  # the mobile replay SDKs wait 5 s (mp_lib not "web")
     pool_size: int = 256
     retry_after: int = 10                 # seconds suggested to clients when the upstream fails
     ca_file: str = ""                     # extra CA bundle for https upstreams (a TLS gateway)
@@ -260,6 +261,7 @@ def parse_upstream(reader: TableReader) -> UpstreamConfig:
         connect_timeout=reader.number("connect_timeout", 3.0, minimum=0.01),
         read_timeout=reader.number("read_timeout", 20.0, minimum=0.01),
         settings_timeout=reader.number("settings_timeout", 0.45, minimum=0.01),
+        settings_timeout_mobile=reader.number("settings_timeout_mobile", 4.5, minimum=0.01),
         pool_size=reader.integer("pool_size", 256, minimum=1),
         retry_after=reader.integer("retry_after", 10, minimum=1),
         ca_file=reader.string("ca_file", ""),

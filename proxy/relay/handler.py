@@ -20,7 +20,12 @@ from ..codec.policy import IpPolicy
 from ..config import Config
 from ..decide.clientip import ClientIPResolver
 from ..decide.credentials import MixedCredentials
-from ..decide.headers import CorsPolicy, client_response_headers, upstream_request_headers
+from ..decide.headers import (
+    CorsPolicy,
+    client_response_headers,
+    is_browser_settings,
+    upstream_request_headers,
+)
 from ..decide.paths import PathMatch, PathMatcher
 from ..decide.routing import Part, Plan, RoutedRequest, Router, UnknownToken
 from ..ops.accesslog import request_facts
@@ -231,8 +236,7 @@ class ApiRelay:
         if part.authorization:         # a split /import part's own project credentials
             out_headers["Authorization"] = part.authorization
         body = routed.body if part.body is None else part.body
-        read_timeout = (self._config.upstream.settings_timeout
-                        if match.endpoint == "settings" else None)
+        read_timeout = self._settings_timeout(query) if match.endpoint == "settings" else None
         meters = self._metrics.route(match.endpoint, part.region)
         meters.upstream_bytes.inc(len(body))
         entry = SpoolEntry(part.region, match.endpoint, routed.method, match.upstream_path,
@@ -255,6 +259,12 @@ class ApiRelay:
         if not self._spool.would_keep(match.endpoint, answer):
             return answer
         return await self._spool.after(entry, routed, answer)
+
+    def _settings_timeout(self, query: bytes) -> float:
+        """The browser aborts /settings after 500 ms; the mobile replay SDKs wait 5 s."""
+        upstream = self._config.upstream
+        return (upstream.settings_timeout if is_browser_settings(query)
+                else upstream.settings_timeout_mobile)
 
     def _observe(self, region: str, meters: RouteMeters, answer: UpstreamAnswer,
                  seconds: float) -> None:
