@@ -152,7 +152,7 @@ class Router:
         decoded = decode_payload(request.body, request.query, request.content_type,
                                  request.content_encoding, self._limits(request))
         endpoint = request.endpoint
-        if request.part_limit and len(decoded.body) > request.part_limit and not decoded.records:
+        if request.part_limit and decoded.size > request.part_limit and not decoded.records:
             raise PayloadTooLarge(f"the body exceeds the {request.part_limit}-byte limit for "
                                   f"/{endpoint} and holds no records to send in parts")
         changed = self._policy.scrub(endpoint, decoded.records)
@@ -162,7 +162,7 @@ class Router:
             return Plan((), tokens=tokens, telemetry=len(local))
         changed = changed or bool(local)       # the rest goes without the telemetry records
         groups = self._groups(request, decoded, regions, fixed)
-        if request.part_limit and len(decoded.body) > request.part_limit:
+        if request.part_limit and decoded.size > request.part_limit:
             groups = [ImportPart(group.region, chunk, group.authorization, group.project_id)
                       for group in groups
                       for chunk in size_chunks(group.records, decoded, request.part_limit)]

@@ -374,3 +374,27 @@ def records_of(received: Any) -> list[Any]:
         return payload if isinstance(payload, list) else [payload]
     records: list[Any] = received.records()
     return records
+
+
+def iphone_legacy(endpoint: str, records: list[Any]) -> Shape:
+    """mixpanel-iphone 4.0.0–4.1.x: `Sources/MPNetwork.m` @ v4.1.0 (body `ip=1&data=<raw JSON,
+    not URL-encoded>`; the SDK sets no Content-Type, Foundation sends a form type)."""
+    body = b"ip=1&data=" + json.dumps(records, separators=(",", ":")).encode()
+    return Shape("iphone-4.1", "POST", f"/{endpoint}/",
+                 {"Content-Type": "application/x-www-form-urlencoded"}, body,
+                 success=lambda status, _: status < 400, on_failure=_iphone_failure)
+
+
+def browser_replay(token: str, events: list[Any], fmt: str = "gzip") -> Shape:
+    """mixpanel-js recorder: `src/recorder/session-recording.js` (POST `/record/?format=gzip|
+    body&seq=…&replay_id=…&…&mp_lib=web`, `Authorization: Basic token:`, `Content-Type:
+    application/octet-stream`, gzip of the rrweb JSON, or plain JSON with `format=body` where
+    CompressionStream is unusable; `seq` advances only on a 200)."""
+    query = urlencode({"format": fmt, "seq": 0, "replay_id": "r-1",
+                       "replay_start_time": 1764330000.0, "batch_start_time": 1764330000.0,
+                       "replay_length_ms": 1000, "distinct_id": "user-1", "mp_lib": "web",
+                       "$lib_version": "2.83.0"})
+    raw = json.dumps(events).encode()
+    return Shape("browser-replay", "POST", f"/record/?{query}",
+                 {"Authorization": basic(token), "Content-Type": "application/octet-stream"},
+                 gzip.compress(raw) if fmt == "gzip" else raw)
