@@ -309,9 +309,11 @@ PHP = "mixpanel/mixpanel-php@4b0fafa"
 
 def php(endpoint: str, records: list[Any]) -> Shape:
     """mixpanel-php: `lib/ConsumerStrategies/CurlConsumer.php` (POST `data=<base64_encode(json)>`
-    not URL-encoded, so `+` `/` `=` arrive literally; no `ip=`; success only for the body `1`)."""
+    not URL-encoded, so `+` `/` `=` arrive literally; no `ip=`; success only for the body `1`;
+    curl's default type for a string CURLOPT_POSTFIELDS is a form)."""
     body = f"data={b64(records)}".encode()
-    return Shape("php", "POST", f"/{endpoint}", {}, body,
+    return Shape("php", "POST", f"/{endpoint}",
+                 {"Content-Type": "application/x-www-form-urlencoded"}, body,
                  success=lambda status, body: body.strip() == b"1",
                  on_failure=lambda status: "raised")
 
