@@ -19,6 +19,7 @@ from ..codec import (
     DecodedPayload,
     DecodeLimits,
     PayloadTooLarge,
+    UndecodablePayload,
     decode_payload,
     encode_payload,
     form_field,
@@ -149,12 +150,16 @@ class Router:
     def _plan_by_payload(self, request: RoutedRequest, fallback: str,
                          fixed: bool = False) -> Plan:
         """Decode, apply the payload policy, group by region; rewrite only what changed."""
-        decoded = decode_payload(request.body, request.query, request.content_type,
-                                 request.content_encoding, self._limits(request))
+        try:
+            decoded = decode_payload(request.body, request.query, request.content_type,
+                                     request.content_encoding, self._limits(request))
+        except UndecodablePayload:
+            if oversize(request):     # over the limit and not records: the limit's refusal
+                raise _too_large(request) from None
+            raise
         endpoint = request.endpoint
         if request.part_limit and decoded.size > request.part_limit and not decoded.records:
-            raise PayloadTooLarge(f"the body exceeds the {request.part_limit}-byte limit for "
-                                  f"/{endpoint} and holds no records to send in parts")
+            raise _too_large(request)    # no records to send in parts
         changed = self._policy.scrub(endpoint, decoded.records)
         regions, tokens = self._regions(request, decoded.records, fallback, fixed)
         local = regions.pop(_LOCAL, [])
@@ -215,6 +220,13 @@ class Router:
     def _limits(self, request: RoutedRequest) -> DecodeLimits:
         return DecodeLimits(compressed=request.inflate_limit, inflated=request.inflate_limit,
                             depth=self._max_depth)
+
+
+def _too_large(request: RoutedRequest) -> PayloadTooLarge:
+    limit = request.part_limit
+    if len(request.body) > limit:
+        return PayloadTooLarge(f"the body exceeds the {limit}-byte limit for /{request.endpoint}")
+    return PayloadTooLarge(f"the decompressed body exceeds the {limit}-byte limit")
 
 
 def _rewritten_part(group: ImportPart, decoded: DecodedPayload, query: bytes,
