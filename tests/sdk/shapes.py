@@ -400,3 +400,14 @@ def browser_replay(token: str, events: list[Any], fmt: str = "gzip") -> Shape:
     return Shape("browser-replay", "POST", f"/record/?{query}",
                  {"Authorization": basic(token), "Content-Type": "application/octet-stream"},
                  gzip.compress(raw) if fmt == "gzip" else raw)
+
+
+def iphone_3(endpoint: str, records: list[Any]) -> Shape:
+    """mixpanel-iphone 3.x: `Mixpanel/MPNetwork.m` @ v3.9.2 (body `ip=1&data=<base64 with CRLF
+    every 64 characters (NSDataBase64Encoding64CharacterLineLength), not URL-encoded>`, so `+`,
+    `/`, `=` and line breaks arrive literally in a form body; no Content-Type set by the SDK)."""
+    encoded = b64(records).encode()
+    body = b"ip=1&data=" + b"\r\n".join(encoded[i:i + 64] for i in range(0, len(encoded), 64))
+    return Shape("iphone-3", "POST", f"/{endpoint}/",
+                 {"Content-Type": "application/x-www-form-urlencoded"}, body,
+                 success=lambda status, _: status < 400, on_failure=_iphone_failure)

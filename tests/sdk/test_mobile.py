@@ -120,3 +120,20 @@ async def test_raw_json_form_of_older_ios_keeps_its_ampersands_and_percents(
     (record,) = shapes.records_of(received)
     assert record["properties"]["note"] == tricky
     assert parse_qs(received.plain_body().decode())["ip"] == ["0"]
+
+
+@pytest.mark.parametrize("builder", [shapes.iphone_3, shapes.php], ids=["iphone-3", "php"])
+async def test_unescaped_base64_forms_are_read_in_strict_mode(
+        builder: Callable[[str, list[Any]], Shape], make_relay: RelayFactory,
+        upstreams: dict[str, FakeUpstream]) -> None:
+    """Base64 sent without URL-encoding (mixpanel-iphone 3.x with CRLF every 64 characters,
+    mixpanel-php): a literal `+` reads as a space in a form, and the relay must undo that."""
+    client = await make_relay({"routing": {"strict": True}}, projects=True)
+    records = [event(EU_TOKEN, "legacy", note="??>>" * 40, n=n) for n in range(3)]
+    shape = builder("track", records)
+    assert b"+" in shape.body
+    reply = await shapes.send(client, shape)
+    assert shape.reading(reply.status, reply.body) == "delivered", reply.body
+    (received,) = upstreams["eu"].received
+    assert received.body == shape.body
+    assert [record["properties"]["note"] for record in received.records()] == ["??>>" * 40] * 3
