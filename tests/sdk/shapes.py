@@ -9,53 +9,25 @@ for a retry or deleted.
 
 from __future__ import annotations
 
-import base64
 import gzip
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote, urlencode
 
-Reading = Literal["delivered", "kept", "deleted", "raised"]
-"""What the SDK does with the batch after an answer: `delivered` (its success check passed),
-`kept` (queued for a retry), `deleted` (dropped without delivery), `raised` (a server SDK
-reports the failure to its caller, which still holds the data)."""
+from tests.sdk.wire import (
+    Reading,
+    Reply,
+    Shape,
+    b64,
+    basic,
+    json_or_none,
+    records_of,
+    send,
+    status_one,
+)
 
-
-@dataclass
-class Shape:
-    sdk: str
-    method: str
-    target: str                  # path and query, exactly as sent
-    headers: dict[str, str]
-    body: bytes = b""
-    success: Callable[[int, bytes], bool] = field(default=lambda status, body: status == 200)
-    on_failure: Callable[[int], Reading] = field(default=lambda status: "kept")
-
-    def reading(self, status: int, body: bytes) -> Reading:
-        return "delivered" if self.success(status, body) else self.on_failure(status)
-
-
-def b64(payload: Any) -> str:
-    return base64.b64encode(json.dumps(payload).encode()).decode()
-
-
-def basic(user: str, secret: str = "") -> str:
-    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
-
-
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
-
-
-def _status_one(status: int, body: bytes) -> bool:
-    parsed = _json(body)
-    return status == 200 and isinstance(parsed, dict) and parsed.get("status") == 1
-
+__all__ = ["Reading", "Reply", "Shape", "b64", "basic", "records_of", "send"]
 
 # -- mobile ------------------------------------------------------------------------------------
 ANDROID = "mixpanel/mixpanel-android@ce46b76"
@@ -153,7 +125,7 @@ def browser(endpoint: str, records: list[Any]) -> Shape:
     body = ("data=" + quote(b64(records), safe="")).encode()
     return Shape("browser", "POST", f"/{endpoint}/?verbose=1&ip=1&_=1764330000000",
                  {"Content-Type": "application/x-www-form-urlencoded"}, body,
-                 success=_status_one, on_failure=_browser_failure)
+                 success=status_one, on_failure=_browser_failure)
 
 
 # -- server SDKs (they never retry on their own: a failure is raised to the caller) -------------
@@ -173,7 +145,7 @@ def python(endpoint: str, records: list[Any], *, secret: str = "",
         target += f"?project_id={project_id}"
     elif secret:
         headers["Authorization"] = basic(secret)
-    return Shape("python", "POST", target, headers, body, success=_status_one,
+    return Shape("python", "POST", target, headers, body, success=status_one,
                  on_failure=lambda status: "raised")
 
 
@@ -191,7 +163,7 @@ def ruby(endpoint: str, records: list[Any], *, project_id: int | None = None,
     if service_account is not None:
         headers["Authorization"] = basic(*service_account)
         target += f"?project_id={project_id}"
-    return Shape("ruby", "POST", target, headers, body, success=_status_one,
+    return Shape("ruby", "POST", target, headers, body, success=status_one,
                  on_failure=lambda status: "raised")
 
 
@@ -202,7 +174,7 @@ def _node_success(verbose: bool) -> Callable[[int, bytes], bool]:
     # lib/mixpanel-node.js send_request: the HTTP status is never looked at, only the body.
     def check(status: int, body: bytes) -> bool:
         if verbose:
-            parsed = _json(body)
+            parsed = json_or_none(body)
             return isinstance(parsed, dict) and parsed.get("status") == 1
         return body == b"1"
     return check
@@ -238,7 +210,7 @@ def _java_import_success(status: int, body: bytes) -> bool:
         return False
     if body.strip() == b"1":
         return True
-    parsed = _json(body)
+    parsed = json_or_none(body)
     return isinstance(parsed, dict) and parsed.get("status") == "OK" and parsed.get("code") == 200
 
 
@@ -268,7 +240,7 @@ GO = "mixpanel/mixpanel-go@fd9efa0"
 
 def _go_import_success(status: int, body: bytes) -> bool:
     # ingestion.go Import: 200 -> json.Decode into ImportSuccess (a bare `1` fails to decode).
-    return status == 200 and isinstance(_json(body), dict)
+    return status == 200 and isinstance(json_or_none(body), dict)
 
 
 def go(endpoint: str, records: list[Any], *, strict: bool = True, gzipped: bool = False,
@@ -290,7 +262,7 @@ def go(endpoint: str, records: list[Any], *, strict: bool = True, gzipped: bool 
                      success=_go_import_success, on_failure=lambda status: "raised")
     if endpoint == "track":
         headers["Accept"] = "text/plain"
-        return Shape("go", "POST", "/track?verbose=1", headers, body, success=_status_one,
+        return Shape("go", "POST", "/track?verbose=1", headers, body, success=status_one,
                      on_failure=lambda status: "raised")
     # http.go doPeopleRequest: no verbose, Accept: text/plain; processPeopleRequestResponse
     # decodes the 200 body as an int and fails on 0 (or on anything that is not an int).
@@ -300,7 +272,7 @@ def go(endpoint: str, records: list[Any], *, strict: bool = True, gzipped: bool 
 
 
 def _go_people_success(status: int, body: bytes) -> bool:
-    parsed = _json(body)
+    parsed = json_or_none(body)
     return status == 200 and type(parsed) is int and parsed != 0
 
 
@@ -341,41 +313,6 @@ def server_flags(sdk: str, token: str, project_id: int | None = None,
         auth = basic(*service_account)
     return Shape(sdk, "GET", "/flags?" + urlencode(params),
                  {"Authorization": auth, "traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
-
-
-# -- sending ------------------------------------------------------------------------------------
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-async def send(client: Any, shape: Shape, headers: dict[str, str] | None = None) -> Reply:
-    """`shape` through the relay under test, its target byte for byte (yarl would re-quote it)."""
-    from tests.support.helpers import raw_url
-
-    response = await client.session.request(shape.method, raw_url(client, shape.target),
-                                            data=shape.body or None,
-                                            headers={**shape.headers, **(headers or {})})
-    body = await response.read()
-    return Reply(response.status, dict(response.headers), body)
-
-
-def records_of(received: Any) -> list[Any]:
-    """The records of one request a fake upstream received: a JSON/NDJSON body or `data=`."""
-    plain: bytes = received.plain_body()
-    if plain.lstrip()[:1] in (b"[", b"{"):
-        lines = plain.strip().split(b"\n")
-        if len(lines) > 1 and lines[0].strip()[:1] == b"{":
-            return [json.loads(line) for line in lines if line.strip()]
-        payload = json.loads(plain)
-        return payload if isinstance(payload, list) else [payload]
-    records: list[Any] = received.records()
-    return records
 
 
 def iphone_legacy(endpoint: str, records: list[Any]) -> Shape:
