@@ -33,10 +33,12 @@ from .sizing import oversize, size_chunks
 
 # Mixpanel's own SDK telemetry, sent under Mixpanel's tokens rather than the app's: the
 # "Integration" event of mixpanel-android up to 7.5.1 (`MixpanelAPI.sendHttpEvent`),
-# mixpanel-iphone (`Mixpanel.m`, still at 5.0.9) and mixpanel-swift 2.x; the DEBUG-build events
-# ("SDK Debug Launch", "SDK Implemented", "Toggle SDK Logging", with an /engage `$add`) of
-# mixpanel-iphone and mixpanel-swift 3.x-4.x under `metrics-1`. A strict relay answers them
-# locally with the SDK's success and forwards nothing: a 403 would head an Android queue.
+# mixpanel-iphone (`Mixpanel.m`, still at 5.0.9), mixpanel-swift 2.x and mixpanel-unity
+# 3.1.1-3.5.0 (`Controller.cs`); the DEBUG-build events ("SDK Debug Launch", "SDK Implemented",
+# "Toggle SDK Logging", with an /engage `$add`) of mixpanel-iphone, mixpanel-swift 3.x-4.x and
+# mixpanel-unity under `metrics-1`. No other SDK sends telemetry under a token of its own.
+# A strict relay answers them locally with the SDK's success and forwards nothing: a 403 would
+# head an Android queue.
 TELEMETRY_TOKENS = frozenset({"85053bf24bba75239b16a601d9387e17", "metrics-1"})
 _LOCAL = ""          # the "region" of records answered locally
 
