@@ -48,7 +48,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     # limits (smaller) are enforced by the relay, which answers them in JSON.
     # auto_decompress=False: aiohttp would otherwise inflate gzip/deflate/br request bodies on
     # read, unbounded, and the relay would forward inflated bytes still labelled as compressed.
-    app = web.Application(client_max_size=max(config.limits.body.values()),
+    app = web.Application(client_max_size=max(map(config.limits.accepted, config.limits.body)),
                           middlewares=[access],
                           handler_args={"auto_decompress": False,
                                         **parser_refusal_counter(metrics)})

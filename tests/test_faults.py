@@ -54,7 +54,7 @@ STATUS_FAULTS = [
     Fault("500", 503, "upstream answered 500", True, ()),
     Fault("502", 503, "upstream answered 502", True, ()),
     Fault("503", 503, "upstream answered 503", True, ()),
-    Fault("429", 429, "upstream rate limit", True, (), retry_after="7"),
+    Fault("429", 503, "upstream rate limit", True, (), retry_after="7"),
 ]
 
 

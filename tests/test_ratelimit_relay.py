@@ -1,6 +1,6 @@
 """Rate limits through the relay: per client IP before the body is read, per token after routing.
 
-Over the limit: 429 JSON naming the limit, Retry-After, CORS headers, metric reason rate_limit,
+Over the limit: 503 JSON naming the limit, Retry-After, CORS headers, metric reason rate_limit,
 nothing forwarded. Under it: the request crosses byte for byte, as without a limit.
 """
 
@@ -37,7 +37,7 @@ async def test_ip_limit_refuses_past_the_burst_with_retry_after(
     statuses = [(await post_track(client, US_TOKEN)).status for _ in range(3)]
     assert statuses == [200, 200, 200]
     over = await post_track(client, US_TOKEN)
-    assert over.status == 429
+    assert over.status == 503
     assert over.headers["Content-Type"].startswith("application/json")
     assert int(over.headers["Retry-After"]) >= 1
     assert over.headers["Access-Control-Allow-Origin"] == ORIGIN["Origin"]
@@ -55,17 +55,17 @@ async def test_ip_limit_uses_the_resolved_client_ip(
     first = await post_track(client, US_TOKEN, {"X-Forwarded-For": "203.0.113.7"})
     again = await post_track(client, US_TOKEN, {"X-Forwarded-For": "203.0.113.7"})
     other = await post_track(client, US_TOKEN, {"X-Forwarded-For": "198.51.100.9"})
-    assert (first.status, again.status, other.status) == (200, 429, 200)
+    assert (first.status, again.status, other.status) == (200, 503, 200)
     assert len(upstreams["us"].received) == 2
 
 
 async def test_ip_limit_refuses_before_reading_an_oversized_body(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream]) -> None:
-    """The IP check comes first: a limited client gets 429 even for a body the relay would 413."""
+    """The IP check comes first: a limited client gets 503 even for a body the relay would 413."""
     client = await make_relay({"limits": {"rate": {"ip_per_second": SLOW, "ip_burst": 1}}})
     assert (await post_track(client, US_TOKEN)).status == 200
     huge = await client.post("/track/", data=b"data=" + b"A" * (3 * 1024 * 1024), headers=FORM)
-    assert huge.status == 429
+    assert huge.status == 503
     assert len(upstreams["us"].received) == 1
 
 
@@ -76,7 +76,7 @@ async def test_token_limit_is_per_token(
                               projects=True, registry=registry)
     assert [(await post_track(client, US_TOKEN)).status for _ in range(2)] == [200, 200]
     over = await post_track(client, US_TOKEN)
-    assert over.status == 429
+    assert over.status == 503
     assert "token_per_second" in (await over.json())["error"]
     assert over.headers["Access-Control-Allow-Origin"] == ORIGIN["Origin"]
     assert (await post_track(client, EU_TOKEN)).status == 200     # another project: own bucket

@@ -62,7 +62,7 @@ async def test_upstream_429_keeps_retry_after_and_4xx_pass(
     client = await make_relay()
     upstreams["us"].answer(429, b"Too many", {"Retry-After": "42"})
     response = await client.post("/track/", data=b"data=x", headers={**FORM, **ORIGIN})
-    assert (response.status, response.headers["Retry-After"]) == (429, "42")
+    assert (response.status, response.headers["Retry-After"]) == (503, "42")
     assert response.headers["Access-Control-Expose-Headers"] == "Retry-After"
     assert (await response.json())["error"] == "upstream rate limit"
     upstreams["us"].answer(401, {"error": "Invalid credentials"},

@@ -10,6 +10,7 @@ from functools import partial
 from yarl import URL
 
 from ..endpoints import (
+    DATA_ENDPOINTS,
     DEFAULT_BODY_LIMITS,
     DEFAULT_ENDPOINT_URLS,
     DEFAULT_REGION_URLS,
@@ -72,10 +73,22 @@ class RateLimitConfig:
     token_burst: int = 1000
 
 
+SPLIT_MAX = 8 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class LimitsConfig:
     body: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_BODY_LIMITS))
     rate: RateLimitConfig = field(default_factory=RateLimitConfig)
+    # A track/engage/groups/import body (inflated) over its `body` limit but within this is
+    # decoded and sent as parts under the limit: SDKs that resend a refused batch forever
+    # (Android, Swift, Unity) would otherwise stall on a batch of valid records.
+    split_max: int = SPLIT_MAX
+
+    def accepted(self, endpoint: str) -> int:
+        """The largest body the relay reads for `endpoint` (splitting what is over `body`)."""
+        limit = self.body[endpoint]
+        return max(limit, self.split_max) if endpoint in DATA_ENDPOINTS else limit
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,7 @@ class UpstreamConfig:
     connect_timeout: float = 3.0
     read_timeout: float = 20.0
     settings_timeout: float = 0.45        # the browser SDK aborts /settings after 500 ms
+    settings_timeout_mobile: float = 4.5  # the mobile replay SDKs wait 5 s (mp_lib not "web")
     pool_size: int = 256
     retry_after: int = 10                 # seconds suggested to clients when the upstream fails
     ca_file: str = ""                     # extra CA bundle for https upstreams (a TLS gateway)
@@ -237,8 +251,9 @@ def parse_limits(reader: TableReader) -> LimitsConfig:
         token_burst=rate_reader.integer("token_burst", 1000, minimum=1),
     )
     rate_reader.finish()
+    split_max = reader.size("split_max", SPLIT_MAX, minimum=1)
     reader.finish()
-    return LimitsConfig(body=body, rate=rate)
+    return LimitsConfig(body=body, rate=rate, split_max=split_max)
 
 
 def parse_upstream(reader: TableReader) -> UpstreamConfig:
@@ -246,6 +261,7 @@ def parse_upstream(reader: TableReader) -> UpstreamConfig:
         connect_timeout=reader.number("connect_timeout", 3.0, minimum=0.01),
         read_timeout=reader.number("read_timeout", 20.0, minimum=0.01),
         settings_timeout=reader.number("settings_timeout", 0.45, minimum=0.01),
+        settings_timeout_mobile=reader.number("settings_timeout_mobile", 4.5, minimum=0.01),
         pool_size=reader.integer("pool_size", 256, minimum=1),
         retry_after=reader.integer("retry_after", 10, minimum=1),
         ca_file=reader.string("ca_file", ""),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ..codec import form_field
 from ..config import CorsConfig
 
 # Request headers forwarded to Mixpanel (wire contract section 8.7). Host is set by the client to
@@ -81,3 +82,13 @@ class CorsPolicy:
 
     def preflight_headers(self, origin: str | None) -> dict[str, str]:
         return {**self.headers(origin), **self._preflight}
+
+
+def is_browser_settings(query: bytes) -> bool:
+    """Whether a /settings request comes from mixpanel-browser, which aborts it after 500 ms
+    (`mp_lib=web`, or no `mp_lib`, as before any SDK named itself). The mobile replay SDKs wait
+    5 s and name themselves: `mp_lib=android-sr` with `recording=1&$os=Android`
+    (mixpanel-android `session-replay/.../services/RemoteSettingsService.kt`), `swift-sr`
+    (mixpanel-ios-session-replay-package `Services/SettingsService.swift`), Flutter's replay."""
+    lib = form_field(query, b"mp_lib") if query else None
+    return lib is None or lib == b"web"

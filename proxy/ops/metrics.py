@@ -18,7 +18,7 @@ __all__ = ["Metrics", "CONTENT_TYPE_LATEST", "REJECTION_REASONS"]
 
 REJECTION_REASONS = (
     "limit", "bad_payload", "unknown_token", "not_found", "method", "cors", "bad_request",
-    "rate_limit",
+    "rate_limit", "mixed_import",
 )
 ASSET_CACHE_RESULTS = (
     "hit", "miss", "expired", "coalesced", "stale", "stale_error", "revalidated", "updated",
@@ -75,6 +75,10 @@ class Metrics:
         self.coalesced_batches = Counter(
             "mixpanel_proxy_coalesced_batches", "Merged upstream /track batches sent, by result "
             "(accepted, refused).", ("region", "result"), registry=r)
+        self.telemetry = Counter(
+            "mixpanel_proxy_telemetry_records", "Records under Mixpanel's own SDK telemetry "
+            "tokens that a strict relay answered itself and did not forward.", ("endpoint",),
+            registry=r)
         self.in_flight = Gauge(
             "mixpanel_proxy_in_flight_requests", "Client requests being handled.", registry=r)
         # The durable spool (issue 6, proxy/spool/).

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ..codec import CodecError, DecodeLimits, decode_payload, form_field, inflate
+from ..decide.routing import RoutedRequest
+
 SERVER = "mixpanel-proxy"     # the Server header, whoever answers (the edge or aiohttp)
 SUCCESS_VERBOSE = b'{"status":1,"error":null}'
 SUCCESS_PLAIN = b"1"
@@ -51,10 +54,56 @@ def error(status: int, message: str, headers: dict[str, str] | None = None,
 
 
 def success_body(endpoint: str, verbose: bool) -> tuple[bytes, str]:
-    """What the SDK expects when the relay itself vouches for acceptance (split batches, spool)."""
+    """Mixpanel's success for track/engage/groups and /record: `1`, or the verbose JSON."""
     if endpoint == "record":
         return RECORD_SUCCESS, "application/json"
-    if endpoint == "import" or verbose:
-        # The Python SDK requires {"status": 1} from every endpoint, /import included.
+    if verbose:
         return SUCCESS_VERBOSE, "application/json"
     return SUCCESS_PLAIN, "text/plain"
+
+
+def success_for(request: RoutedRequest, records: int | None = None) -> tuple[bytes, str]:
+    """The success Mixpanel itself would have answered to this request, for answers the relay
+    vouches for (split batches, spooled or merged requests, telemetry answered locally).
+
+    /import with a JSON or NDJSON body gets `{"code":200,"num_records_imported":N,...}`: the
+    only shape mixpanel-go decodes, and one mixpanel-java accepts under strict=1 and 0. Form
+    bodies (Python, Ruby, Node, and every /track, /engage, /groups) get
+    `{"status":1,"error":null}` when `verbose=1` is in the query or the form body (Python and
+    Ruby put it in the body), else `1` (Node, Java and PHP want exactly `1`).
+    """
+    if request.endpoint == "record":
+        return success_body("record", False)
+    plain = _plain(request)
+    if request.endpoint == "import" and _is_json_body(request.content_type, plain):
+        count = _count(request, plain) if records is None else records
+        body = json.dumps({"code": 200, "num_records_imported": count, "status": "OK"},
+                          separators=(",", ":"))
+        return body.encode(), "application/json"
+    verbose = (form_field(request.query, b"verbose") == b"1"
+               or (not _is_json_body(request.content_type, plain)
+                   and form_field(plain, b"verbose") == b"1"))
+    return success_body(request.endpoint, verbose)
+
+
+def _plain(request: RoutedRequest) -> bytes:
+    """The body with its Content-Encoding undone (Android may gzip a form carrying verbose=1)."""
+    if not request.content_encoding or not request.body:
+        return request.body
+    try:
+        return inflate(request.body, request.content_encoding, request.inflate_limit)
+    except CodecError:
+        return b""
+
+
+def _is_json_body(content_type: str, plain: bytes) -> bool:
+    return "json" in content_type.lower() or plain.lstrip()[:1] in (b"[", b"{")
+
+
+def _count(request: RoutedRequest, plain: bytes) -> int:
+    try:
+        decoded = decode_payload(plain, request.query, request.content_type, "",
+                                 DecodeLimits(request.inflate_limit, request.inflate_limit))
+    except CodecError:
+        return 0
+    return len(decoded.records)

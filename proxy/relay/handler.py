@@ -15,11 +15,16 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..codec import CodecError
-from ..codec.payload import form_field
 from ..codec.policy import IpPolicy
 from ..config import Config
 from ..decide.clientip import ClientIPResolver
-from ..decide.headers import CorsPolicy, client_response_headers, upstream_request_headers
+from ..decide.credentials import MixedCredentials
+from ..decide.headers import (
+    CorsPolicy,
+    client_response_headers,
+    is_browser_settings,
+    upstream_request_headers,
+)
 from ..decide.paths import PathMatch, PathMatcher
 from ..decide.routing import Part, Plan, RoutedRequest, Router, UnknownToken
 from ..ops.accesslog import request_facts
@@ -57,6 +62,8 @@ class ApiRelay:
         self._client_ip = ClientIPResolver(config.server.trusted_proxies,
                                            config.server.client_ip_header)
         self._limits = config.limits.body
+        # The most the relay reads: a data body over its limit is cut into parts under it.
+        self._accepted = {endpoint: config.limits.accepted(endpoint) for endpoint in self._limits}
         self._rate = RateLimiter(config.limits.rate)
         self._coalescer = Coalescer(
             list(config.regions), config.coalesce.slots, config.coalesce.max_events,
@@ -109,7 +116,7 @@ class ApiRelay:
     async def _relay(self, request: Incoming, match: PathMatch,
                      cors: dict[str, str]) -> Answer:
         endpoint = match.endpoint
-        limit = self._limits[endpoint]
+        limit = self._accepted[endpoint]
         headers = request.headers
         client_ip = self._client_ip.resolve(
             request.remote, headers.get("X-Forwarded-For"), headers.get("X-Real-IP"),
@@ -134,17 +141,23 @@ class ApiRelay:
             endpoint=endpoint, pinned_region=match.region, method=request.method, query=query,
             body=body, content_type=headers.get("Content-Type", ""),
             content_encoding=headers.get("Content-Encoding", ""),
-            authorization=headers.get("Authorization", ""), inflate_limit=limit)
+            authorization=headers.get("Authorization", ""), inflate_limit=limit,
+            part_limit=self._limits[endpoint])
         try:
             plan = self._router.plan(routed)
         except CodecError as exc:
             return self._reject(exc.reason, exc.status, exc.message, cors)
-        except UnknownToken as exc:
+        except (UnknownToken, MixedCredentials) as exc:
             return self._reject(exc.reason, exc.status, exc.message, cors)
         for part in plan.parts:
             if part.body is not None or part.query is not None:
                 self._metrics.child(self._metrics.rewritten, endpoint).inc()
                 break
+        if plan.telemetry:
+            self._metrics.child(self._metrics.telemetry, endpoint).inc(plan.telemetry)
+        if not plan.parts:      # only Mixpanel's own telemetry (strict mode): answered here
+            body, content_type = answers.success_for(routed, 0)
+            return Answer(200, {**cors, "Content-Type": content_type}, body)
         wait = self._rate.check_tokens(plan.tokens)
         if wait:
             return self._rate_limited("this project token", "token_per_second", wait, cors)
@@ -199,7 +212,7 @@ class ApiRelay:
         for part, response in zip(plan.parts, responses, strict=True):
             self._metrics.count_request(match.endpoint, part.region, response.status)
             request_facts().add_region(part.region)
-        return self._combine(routed, responses, cors)
+        return self._combine(routed, responses, cors, sum(part.records for part in plan.parts))
 
     async def _send(self, routed: RoutedRequest, match: PathMatch, part: Part,
                     headers: Mapping[str, str], client_ip: str) -> Outcome:
@@ -209,9 +222,10 @@ class ApiRelay:
                                                part.drop_content_encoding)
         if part.content_encoding:      # a rewritten body the router re-encoded (gzip)
             out_headers["Content-Encoding"] = part.content_encoding
+        if part.authorization:         # a split /import part's own project credentials
+            out_headers["Authorization"] = part.authorization
         body = routed.body if part.body is None else part.body
-        read_timeout = (self._config.upstream.settings_timeout
-                        if match.endpoint == "settings" else None)
+        read_timeout = self._settings_timeout(query) if match.endpoint == "settings" else None
         spool = self._spool
         if spool is None:
             return await self._exchange_for_client(part.region, match.endpoint, path_qs,
@@ -263,6 +277,12 @@ class ApiRelay:
             self._health.succeeded(region, seconds)
         return answer, seconds
 
+    def _settings_timeout(self, query: bytes) -> float:
+        """The browser aborts /settings after 500 ms; the mobile replay SDKs wait 5 s."""
+        upstream = self._config.upstream
+        return (upstream.settings_timeout if is_browser_settings(query)
+                else upstream.settings_timeout_mobile)
+
     def _translate(self, outcome: UpstreamAnswer | UpstreamFailure,
                    cors: dict[str, str]) -> Answer:
         """Map the upstream's answer to one the SDK acts on correctly (wire contract 8.4)."""
@@ -274,39 +294,41 @@ class ApiRelay:
             headers = {**client_response_headers(outcome.headers), **cors}
             return Answer(status, headers, outcome.body)
         retry_after = outcome.headers.get("Retry-After", self._retry_after)
-        if status == 429:
-            return answers.problem(429, "upstream rate limit", {**cors, "Retry-After": retry_after})
+        if status == 429:     # 503 for the same reason as our own rate limit (_rate_limited)
+            return answers.problem(503, "upstream rate limit",
+                                   {**cors, "Retry-After": retry_after})
         if status >= 500 or 300 <= status < 400:
             return answers.problem(503, f"upstream answered {status}",
                                  {**cors, "Retry-After": retry_after})
         return answers.problem(status, f"upstream answered {status}", cors)
 
     def _combine(self, routed: RoutedRequest, responses: Sequence[Answer],
-                 cors: dict[str, str]) -> Answer:
+                 cors: dict[str, str], records: int) -> Answer:
         """One truthful answer for a split batch: 200 only when every part was accepted."""
         statuses = [response.status for response in responses]
         if all(status == 200 for status in statuses):
-            body, content_type = answers.success_body(routed.endpoint, _is_verbose(routed))
+            body, content_type = answers.success_for(routed, records)
             return Answer(200, {**cors, "Content-Type": content_type}, body)
         # Retryable failures first: the SDK resends the whole batch, and Mixpanel deduplicates
         # the parts that were already accepted by (event, distinct_id, time, $insert_id).
-        for wanted in (429, 503):
-            for response in responses:
-                if response.status == wanted:
-                    return response
+        for response in responses:
+            if response.status == 503:
+                return response
         return next(response for response in responses if response.status != 200)
 
     def _rate_limited(self, who: str, key: str, wait: int,
                       cors: dict[str, str]) -> Answer:
-        # 429 + Retry-After: the SDKs keep the batch and retry later, so nothing is dropped.
+        # 503 + Retry-After, not 429: mixpanel-iphone deletes a batch on any 4xx (it retries
+        # only 5xx), and every SDK that retries a 429 retries a 503 too (sdk-endpoints.md 5.2).
         message = f"rate limit exceeded for {who} ([limits.rate] {key}); retry in {wait} s"
-        return self._reject("rate_limit", 429, message, {**cors, "Retry-After": str(wait)})
+        return self._reject("rate_limit", 503, message, {**cors, "Retry-After": str(wait)},
+                            limit=key)
 
     def _reject(self, reason: str, status: int, message: str,
-                headers: dict[str, str]) -> Answer:
+                headers: dict[str, str], **extra: object) -> Answer:
         self._metrics.reject(reason)
         request_facts().reason = reason
-        return answers.problem(status, message, headers)
+        return answers.problem(status, message, headers, **extra)
 
 
 def _too_large(endpoint: str, limit: int) -> str:
@@ -315,14 +337,9 @@ def _too_large(endpoint: str, limit: int) -> str:
 
 def _merged_success(routed: RoutedRequest) -> UpstreamAnswer:
     """The answer Mixpanel would have given this client alone: `1`, or the verbose JSON."""
-    body, content_type = answers.success_body("track", _is_verbose(routed))
+    body, content_type = answers.success_for(routed)
     return UpstreamAnswer(200, CIMultiDictProxy(CIMultiDict({"Content-Type": content_type})), body)
 
 
 def _is_json(answer: UpstreamAnswer) -> bool:
     return "json" in answer.headers.get("Content-Type", "")
-
-
-def _is_verbose(routed: RoutedRequest) -> bool:
-    return (form_field(routed.query, b"verbose") == b"1"
-            or form_field(routed.body, b"verbose") == b"1")

@@ -1,7 +1,7 @@
 """Token-bucket rate limits per client IP and per project token (pure, no I/O).
 
-Over the limit the relay answers 429 with Retry-After: mixpanel-browser keeps a batch and retries
-on 429 (it drops on other 4xx), so a limited client loses nothing, it only slows down. Buckets
+Over the limit the relay answers 503 with Retry-After, not 429: mixpanel-iphone deletes a batch
+on any 4xx, and every SDK that retries 429 retries 503; a limited client only slows down. Buckets
 live in a bounded LRU: an evicted bucket comes back full, which errs on the side of serving.
 """
 

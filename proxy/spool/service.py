@@ -21,7 +21,6 @@ from dataclasses import replace
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ..codec import form_field
 from ..config import Config
 from ..decide.routing import RoutedRequest
 from ..ops.metrics import Metrics
@@ -230,10 +229,6 @@ def _describe(outcome: Outcome) -> str:
 
 
 def _success(routed: RoutedRequest) -> UpstreamAnswer:
-    # Only track/engage/groups answers depend on verbose=; never scan a replay body for it.
-    verbose = routed.endpoint not in ("record", "import") and (
-        form_field(routed.query, b"verbose") == b"1"
-        or form_field(routed.body, b"verbose") == b"1")
-    body, content_type = answers.success_body(routed.endpoint, verbose)
+    body, content_type = answers.success_for(routed)
     return UpstreamAnswer(200, CIMultiDictProxy(CIMultiDict({"Content-Type": content_type})),
                           body)
