@@ -9,7 +9,7 @@ success only when every part was accepted. What cannot be cut is one record over
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..codec import (
     CodecError,
@@ -22,13 +22,23 @@ from ..codec import (
 )
 from ..endpoints import DATA_ENDPOINTS
 
-if TYPE_CHECKING:
-    from .routing import RoutedRequest
-
 MAX_RECORD_BYTES = 1024 * 1024     # Mixpanel: each record under 1 MB of uncompressed JSON
 _SEPARATOR = 3                     # a comma between records (percent-encoded: %2C)
 _IDENTITY = ("", "identity")
 _DEFLATE_CODINGS = ("gzip", "x-gzip", "deflate")
+
+
+class SizedRequest(Protocol):
+    """What the size check reads of a request (routing.RoutedRequest has it)."""
+
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def content_encoding(self) -> str: ...
+    @property
+    def part_limit(self) -> int: ...
 
 
 def size_chunks(records: list[Any], decoded: DecodedPayload, limit: int) -> list[list[Any]]:
@@ -66,7 +76,7 @@ def _overhead(decoded: DecodedPayload) -> int:
     return 16
 
 
-def oversize(request: RoutedRequest) -> bool:
+def oversize(request: SizedRequest) -> bool:
     """Whether a data request's body, inflated, passes its part limit (so it must be cut).
 
     Only then is a body inflated here when routing would not decode it anyway: a plain body is
