@@ -30,8 +30,8 @@ from ..upstream.client import UpstreamAnswer, UpstreamClient, UpstreamFailure
 from . import answers
 from .answers import Answer
 from .coalesce import MERGED_QUERY, Coalescer, MergedAnswer, accepted
+from .fleetlimit import Limiter, LocalLimiter
 from .incoming import Incoming
-from .ratelimit import RateLimiter
 
 Outcome = UpstreamAnswer | UpstreamFailure
 _ALLOWED_METHODS = ("GET", "POST")
@@ -43,7 +43,7 @@ class ApiRelay:
     Its collaborators come from `app.create_app`, the one wiring place."""
 
     def __init__(self, config: Config, upstream: UpstreamClient, metrics: Metrics, *,
-                 health: RegionHealth, spool: Spool | None) -> None:
+                 health: RegionHealth, spool: Spool | None, rate: Limiter | None = None) -> None:
         self._config = config
         self._upstream = upstream
         self._metrics = metrics
@@ -57,7 +57,7 @@ class ApiRelay:
         self._client_ip = ClientIPResolver(config.server.trusted_proxies,
                                            config.server.client_ip_header)
         self._limits = config.limits.body
-        self._rate = RateLimiter(config.limits.rate)
+        self._rate = rate or LocalLimiter(config.limits.rate)   # [limits.rate] backend
         self._coalescer = Coalescer(
             list(config.regions), config.coalesce.slots, config.coalesce.max_events,
             self._send_merged, lambda region: metrics.coalesced.labels(region).inc(),
@@ -116,7 +116,7 @@ class ApiRelay:
             headers.get(self._client_ip.header) if self._client_ip.header else None)
         facts = request_facts()
         facts.client_ip = client_ip
-        wait = self._rate.check_ip(client_ip)     # before the body: a flood costs no reads
+        wait = await self._rate.check_ip(client_ip)     # before the body: a flood costs no reads
         if wait:
             return self._rate_limited("this client IP", "ip_per_second", wait, cors)
         if request.content_length is not None and request.content_length > limit:
@@ -145,7 +145,7 @@ class ApiRelay:
             if part.body is not None or part.query is not None:
                 self._metrics.child(self._metrics.rewritten, endpoint).inc()
                 break
-        wait = self._rate.check_tokens(plan.tokens)
+        wait = await self._rate.check_tokens(plan.tokens)
         if wait:
             return self._rate_limited("this project token", "token_per_second", wait, cors)
         if not plan.split:
