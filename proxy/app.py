@@ -26,6 +26,8 @@ from .relay.fleetlimit import FleetLimiter, Limiter, LocalLimiter
 from .relay.handler import ApiRelay
 from .server.refusals import parser_refusal_counter
 from .spool import Spool
+from .spool.fallback import FallbackStore
+from .spool.fallback import build as build_redis_spool
 from .upstream.client import UpstreamClient
 from .upstream.redislink import RedisLink
 
@@ -41,7 +43,12 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     upstream = UpstreamClient(config.upstream)
     health = RegionHealth(config.regions, metrics, config.health.max_age)
     link, fleet = _redis(config, metrics)
-    spool = Spool(config, upstream, metrics) if config.spool.enabled else None
+    redis_spool = (build_redis_spool(config, link, fleet, metrics)
+                   if config.spool.enabled and config.spool.backend == "redis"
+                   and link is not None and fleet is not None else None)
+    spool = (Spool(config, upstream, metrics,
+                   store_factory=(lambda: redis_spool) if redis_spool is not None else None)
+             if config.spool.enabled else None)
     relay = ApiRelay(config, upstream, metrics, health=health, spool=spool,
                      rate=_limiter(config, link, fleet))
     # The access log never shows more of a client IP than [privacy] lets the upstream see.
@@ -63,12 +70,15 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app[RELAY_KEY] = relay
     app[ACCESS_KEY] = recorder
     app.cleanup_ctx.append(_upstream_session)
+    if link is not None:    # before the spool: closed after it (it releases its leases)
+        app.cleanup_ctx.append(_closing(link))
     if spool is not None:   # after the session: drainers send through it, and stop before it
         app.cleanup_ctx.append(spool.lifespan)
     readiness = install_ops(app, config, metrics, health, upstream)   # /healthz /readyz ...
     if link is not None:
         readiness.add_check("redis", _redis_check(link))
-        app.cleanup_ctx.append(_closing(link))
+    if redis_spool is not None:   # replaces the directory check: where do requests go now?
+        readiness.add_check("spool", _spool_check(redis_spool))
     # Before the catch-all, which would take /libs/; after install_ops (the status board).
     add_assets(app, config, upstream, metrics)
     app.router.add_route("*", "/{tail:.*}", relay.handle_aiohttp)
@@ -92,13 +102,22 @@ def _limiter(config: Config, link: RedisLink | None, fleet: FleetMetrics | None)
 
 
 def _redis_check(link: RedisLink) -> Callable[[], Awaitable[CheckResult]]:
-    """/readyz: Redis answering. Down is reported, never hidden: the rate limit then fails open
-    and the spool falls back (or answers 503), each saying so in its own check."""
+    """/readyz reports Redis; an outage alone does not make the relay unready: the rate limit
+    fails open and the spool falls back to SQLite, and the "spool" check fails when it cannot
+    (requests then get 503). A fleet taken out of its load balancer would serve nobody."""
     async def check() -> CheckResult:
         if await link.ping():
             return CheckResult(True, f"{link.config.redacted_url()} answers")
-        return CheckResult(False, f"{link.config.redacted_url()} is unreachable "
-                                  f"({link.last_error})")
+        return CheckResult(True, f"{link.config.redacted_url()} is unreachable "
+                                 f"({link.last_error})")
+
+    return check
+
+
+def _spool_check(store: FallbackStore) -> Callable[[], CheckResult]:
+    def check() -> CheckResult:
+        ok, detail = store.readiness()
+        return CheckResult(ok, detail)
 
     return check
 

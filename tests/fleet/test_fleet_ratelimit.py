@@ -96,9 +96,9 @@ async def test_fails_open_to_local_buckets_when_redis_is_down(
     assert [await post_track(relay) for _ in range(3)] == [200, 200, 429]
     assert registry.get_sample_value("mixpanel_proxy_rate_limit_fallback_total") == 3
     assert registry.get_sample_value("mixpanel_proxy_redis_up") == 0
-    ready = await relay.get("/readyz")
-    body = await ready.json()
-    assert ready.status == 503 and "redis" in body["failed"]
+    body = await (await relay.get("/readyz")).json()
+    # Reported, but not a reason to be unready: the relay serves, the limit failing open.
+    assert "redis" not in body["failed"]
     assert "unreachable" in body["checks"]["redis"]["detail"]
     redis_server.start()
     await asyncio.sleep(0.3)             # past [redis] retry_interval: Redis is tried again

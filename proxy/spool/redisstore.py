@@ -1,0 +1,427 @@
+"""The spool on Redis Streams (`[spool] backend = "redis"`): one durable queue for a fleet.
+
+Keys (under `[redis] key_prefix`, `P` below):
+- `P:spool:{region}:u`: /track and /import of a region: any relay drains it, in parallel (a
+  consumer group; each relay process is a consumer).
+- `P:spool:{region}:o:{n}`: /engage, /groups and /record, hashed by (endpoint, lane) onto
+  `[spool] partitions` streams. One relay at a time drains a partition: it holds the lease key
+  `P:spool:lease:{region}:{n}` (renewed while it lives, lapsing `claim_after` seconds after it
+  died), and reads its pending entries before new ones, so a lane is sent in the order accepted.
+- `P:spool:dead`: dead letters; `P:spool:counts`: waiting entries per lane and byte totals.
+
+An entry is written by one script (XADD, then the counters): the relay answers only after Redis
+acknowledged it (and, with `[redis] wait_replicas`, after WAIT saw it on that many replicas).
+It is removed (XACK + XDEL) only after the upstream accepted it, or moved to dead letter (XADD
+to the dead stream first, so a refused write leaves it where it was). A relay that dies leaves
+its entries pending in the group: another relay claims them after `claim_after` seconds
+(XAUTOCLAIM for the parallel streams, XCLAIM under the lease for the ordered ones) and counts
+them as redeliveries: they may have reached the upstream once already.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from ..config import RedisConfig, SpoolConfig
+from ..upstream.redislink import REDIS_DOWN, RedisLink
+from .entry import ORDERED_ENDPOINTS, Refusal, SpoolEntry
+from .store import Snapshot, SpoolError
+
+log = logging.getLogger("mixpanel_proxy.spool")
+GROUP = "drain"
+_SEQ_BITS = 32     # a stream id "ms-seq" as one int: ms << 32 | seq (SpoolEntry.id is an int)
+_FIELDS = ("region", "endpoint", "method", "path", "query", "headers", "body", "project",
+           "created_at")
+
+# KEYS: stream, counts. ARGV: lane field, size, then the entry's field/value pairs.
+_ADD = """
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+local lane = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+local live = redis.call('HINCRBY', KEYS[2], 'live_bytes', ARGV[2])
+return {id, lane, live}
+"""
+# KEYS: stream, counts. ARGV: id, lane field, size. Idempotent: a second delete counts nothing.
+_DELETE = """
+local removed = redis.call('XDEL', KEYS[1], ARGV[1])
+redis.call('XACK', KEYS[1], 'drain', ARGV[1])
+if removed == 1 then
+  redis.call('HINCRBY', KEYS[2], ARGV[2], -1)
+  redis.call('HINCRBY', KEYS[2], 'live_bytes', -tonumber(ARGV[3]))
+end
+return removed
+"""
+# KEYS: stream, counts, dead. ARGV: id, lane field, size, then the dead letter's pairs. The dead
+# letter is written first: if Redis refuses it (maxmemory), the entry stays where it was.
+_BURY = """
+if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
+  redis.call('XACK', KEYS[1], 'drain', ARGV[1])
+  return 0
+end
+redis.call('XADD', KEYS[3], '*', unpack(ARGV, 4))
+redis.call('XDEL', KEYS[1], ARGV[1])
+redis.call('XACK', KEYS[1], 'drain', ARGV[1])
+redis.call('HINCRBY', KEYS[2], ARGV[2], -1)
+redis.call('HINCRBY', KEYS[2], 'live_bytes', -tonumber(ARGV[3]))
+redis.call('HINCRBY', KEYS[2], 'dead_bytes', tonumber(ARGV[3]))
+redis.call('HINCRBY', KEYS[2], 'dead_entries', 1)
+return 1
+"""
+# KEYS: lease keys. ARGV: owner, ttl ms. Returns 1 per lease held (renewed or taken), else 0.
+_LEASE = """
+local held = {}
+for i, key in ipairs(KEYS) do
+  local owner = redis.call('GET', key)
+  if owner == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    held[i] = 1
+  elseif not owner then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    held[i] = 1
+  else
+    held[i] = 0
+  end
+end
+return held
+"""
+_RELEASE = """
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
+end
+return 1
+"""
+
+
+def stream_id(entry_id: int) -> str:
+    return f"{entry_id >> _SEQ_BITS}-{entry_id & ((1 << _SEQ_BITS) - 1)}"
+
+
+def entry_id(text: bytes | str) -> int:
+    ms, _, seq = (text.decode() if isinstance(text, bytes) else text).partition("-")
+    return int(ms) << _SEQ_BITS | int(seq)
+
+
+class Keys:
+    def __init__(self, prefix: str, partitions: int) -> None:
+        self.base = f"{prefix}:spool"
+        self.partitions = partitions
+        self.counts = f"{self.base}:counts"
+        self.dead = f"{self.base}:dead"
+
+    def unordered(self, region: str) -> str:
+        return f"{self.base}:{region}:u"
+
+    def ordered(self, region: str, partition: int) -> str:
+        return f"{self.base}:{region}:o:{partition}"
+
+    def lease(self, region: str, partition: int) -> str:
+        return f"{self.base}:lease:{region}:{partition}"
+
+    def streams(self, region: str) -> list[str]:
+        return [self.unordered(region)] + [self.ordered(region, n)
+                                           for n in range(self.partitions)]
+
+    def of(self, entry: SpoolEntry) -> str:
+        if entry.endpoint not in ORDERED_ENDPOINTS:
+            return self.unordered(entry.region)
+        lane = f"{entry.endpoint}\0{entry.project}".encode()
+        return self.ordered(entry.region, zlib.crc32(lane) % self.partitions)
+
+
+def lane_field(entry: SpoolEntry) -> str:
+    return f"lane:{entry.region}/{entry.endpoint}"
+
+
+def encode(entry: SpoolEntry) -> list[Any]:
+    values = (entry.region, entry.endpoint, entry.method, entry.path, entry.query,
+              entry.headers_json(), entry.body, entry.project, repr(entry.created_at))
+    return [item for pair in zip(_FIELDS, values, strict=True) for item in pair]
+
+
+def decode(raw_id: bytes, fields: dict[bytes, bytes], deliveries: int = 0) -> SpoolEntry:
+    text = {key.decode(): value for key, value in fields.items()}
+    return SpoolEntry(
+        region=text["region"].decode(), endpoint=text["endpoint"].decode(),
+        method=text["method"].decode(), path=text["path"].decode(), query=text["query"],
+        headers=json.loads(text["headers"]), body=text["body"],
+        project=text["project"].decode(), created_at=float(text["created_at"]),
+        id=entry_id(raw_id), attempts=deliveries)
+
+
+class RedisSpoolStore:
+    """The SpoolBackend on Redis (see proxy/spool/backend.py for the interface)."""
+
+    def __init__(self, config: SpoolConfig, redis: RedisConfig, link: RedisLink,
+                 regions: Iterable[str], on_claimed: Callable[[int], None]) -> None:
+        self._config = config
+        self._redis_config = redis
+        self._link = link
+        self._client = link.client
+        self._keys = Keys(link.prefix, config.partitions)
+        self._regions = tuple(regions)
+        self._on_claimed = on_claimed
+        self.consumer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._add = self._client.register_script(_ADD)
+        self._delete = self._client.register_script(_DELETE)
+        self._bury = self._client.register_script(_BURY)
+        self._lease = self._client.register_script(_LEASE)
+        self._release = self._client.register_script(_RELEASE)
+        self._held: dict[str, list[int]] = {}          # region -> partitions leased
+        self._renewer: asyncio.Task[None] | None = None
+        self.commits = 0
+        self.totals = (0, 0, 0)
+        self.lanes: dict[tuple[str, str], int] = {}
+        self._last = Snapshot()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def open(self) -> Snapshot:
+        """Create the streams' consumer groups; Redis down is not fatal (the relay falls back
+        or answers 503 until it is back)."""
+        try:
+            await self.ensure_groups()
+        except REDIS_DOWN as exc:
+            self._link.failed(exc)
+            log.warning("spool: redis unreachable at start: %s", exc)
+        self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
+        return await self.snapshot()
+
+    async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            self._renewer = None
+        leases = [self._keys.lease(region, n) for region, held in self._held.items()
+                  for n in held]
+        if leases:   # handed over at once, not after claim_after
+            with contextlib.suppress(*REDIS_DOWN):
+                await self._release(keys=leases, args=[self.consumer])
+        self._held.clear()
+
+    async def ensure_groups(self) -> None:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for region in self._regions:
+                for key in self._keys.streams(region):
+                    pipe.xgroup_create(key, GROUP, id="0", mkstream=True)
+            results = await pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, BaseException) and "BUSYGROUP" not in str(result):
+                raise result
+
+    # -- writes ------------------------------------------------------------------------------
+    async def add(self, entry: SpoolEntry) -> int:
+        """Store `entry`; returns once Redis acknowledged it (and WAIT saw it on the replicas)."""
+        args = [lane_field(entry), entry.size, *encode(entry)]
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                # One connection: WAIT counts the replicas that have this very write.
+                await self._add(keys=[self._keys.of(entry), self._keys.counts], args=args,
+                                client=pipe)
+                if self._redis_config.wait_replicas:
+                    pipe.wait(self._redis_config.wait_replicas,
+                              int(self._redis_config.wait_timeout * 1000))
+                results = await pipe.execute()
+        except REDIS_DOWN as exc:
+            self._link.failed(exc)
+            raise SpoolError(f"redis: write failed ({_short(exc)})") from exc
+        self._link.succeeded()
+        new_id, lane_count, live = results[0]
+        if self._redis_config.wait_replicas and int(results[1]) < self._redis_config.wait_replicas:
+            raise SpoolError(f"redis: {results[1]} of {self._redis_config.wait_replicas} "
+                             "replicas acknowledged the write in time")
+        self.commits += 1
+        self.lanes = {**self.lanes, (entry.region, entry.endpoint): int(lane_count)}
+        self.totals = (int(live), self.totals[1], self.totals[2])
+        return entry_id(new_id)
+
+    async def delete(self, entry: SpoolEntry) -> None:
+        await self._run(self._delete, [self._keys.of(entry), self._keys.counts],
+                        [stream_id(entry.id), lane_field(entry), entry.size])
+        self._count(entry)
+
+    async def bury(self, entry: SpoolEntry, refusal: Refusal) -> None:
+        dead = [*encode(entry), "failed_at", repr(time.time()), "reason", refusal.reason,
+                "status", refusal.status, "answer", refusal.kept_answer(),
+                "answer_headers", json.dumps(refusal.answer_headers)]
+        await self._run(self._bury, [self._keys.of(entry), self._keys.counts, self._keys.dead],
+                        [stream_id(entry.id), lane_field(entry), entry.size, *dead])
+        self._count(entry)
+
+    def _count(self, entry: SpoolEntry) -> None:
+        lane = (entry.region, entry.endpoint)
+        self.lanes = {**self.lanes, lane: max(0, self.lanes.get(lane, 0) - 1)}
+
+    async def mark_in_flight(self, ids: Sequence[int], in_flight: bool) -> None:
+        """Nothing to do: the consumer group's pending list is the in-flight mark."""
+
+    async def claim_interrupted(self) -> int:
+        """Claims happen as the drainers read (see `batch`); they are counted there."""
+        return 0
+
+    def take_drain_role(self) -> bool:
+        return True      # every relay process drains: the consumer group shares the work
+
+    def release_drain_role(self) -> None:
+        return None
+
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            result = await script(keys=keys, args=args)
+        except REDIS_DOWN as exc:
+            self._link.failed(exc)
+            raise SpoolError(f"redis: {_short(exc)}") from exc
+        self._link.succeeded()
+        return result
+
+    # -- reads -------------------------------------------------------------------------------
+    async def batch(self, region: str, limit: int) -> list[SpoolEntry]:
+        """What this process sends next for `region`: its leased partitions' pending entries
+        (claimed from a dead holder if need be), then new ones; and the parallel stream's."""
+        try:
+            ordered = await self._ordered_batch(region, limit)
+            unordered = await self._unordered_batch(region, limit)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):          # Redis lost its data (no AOF): start again
+                await self.ensure_groups()
+            raise
+        except REDIS_DOWN as exc:
+            self._link.failed(exc)
+            raise
+        self._link.succeeded()
+        return ordered + unordered
+
+    async def _ordered_batch(self, region: str, limit: int) -> list[SpoolEntry]:
+        partitions = await self._take_leases(region)
+        keys = [self._keys.ordered(region, n) for n in partitions]
+        if not keys:
+            return []
+        claimed = 0
+        for key in keys:     # a dead holder's pending entries become ours, in id order
+            pending: Any = await self._client.xpending_range(key, GROUP, "-", "+", limit)
+            theirs: list[Any] = [item["message_id"] for item in pending
+                      if item["consumer"].decode() != self.consumer]
+            if theirs:
+                await self._client.xclaim(key, GROUP, self.consumer, 0, theirs, justid=True)
+                claimed += len(theirs)
+        if claimed:
+            self._on_claimed(claimed)
+        entries = await self._read(keys, "0", limit)
+        fresh = await self._read(keys, ">", limit)
+        return _in_stream_order(entries + fresh)
+
+    async def _unordered_batch(self, region: str, limit: int) -> list[SpoolEntry]:
+        key = self._keys.unordered(region)
+        mine = await self._read([key], "0", limit)
+        seen = {entry.id for entry in mine}
+        if len(mine) < limit:
+            idle_ms = int(self._config.claim_after * 1000)
+            answer = await self._client.xautoclaim(key, GROUP, self.consumer, idle_ms, "0-0",
+                                                   count=limit - len(mine))
+            taken = [decode(raw_id, fields) for raw_id, fields in answer[1] if fields]
+            others = [entry for entry in taken if entry.id not in seen]
+            if others:
+                self._on_claimed(len(others))
+            mine += others
+        if len(mine) < limit:
+            mine += await self._read([key], ">", limit - len(mine))
+        return mine
+
+    async def _read(self, keys: list[str], start: str, count: int) -> list[SpoolEntry]:
+        answer: Any = await self._client.xreadgroup(GROUP, self.consumer,
+                                               dict.fromkeys(keys, start), count=count)
+        entries = []
+        for stream, messages in answer or []:
+            gone = [raw_id for raw_id, fields in messages if not fields]
+            if gone:      # deleted while pending (a purge): nothing left to send
+                await self._client.xack(stream, GROUP, *gone)
+            entries += [decode(raw_id, fields) for raw_id, fields in messages if fields]
+        return entries
+
+    async def _take_leases(self, region: str) -> list[int]:
+        partitions = list(range(self._keys.partitions))
+        ttl = int(self._config.claim_after * 1000)
+        held = await self._lease(keys=[self._keys.lease(region, n) for n in partitions],
+                                 args=[self.consumer, ttl])
+        mine = [n for n, flag in zip(partitions, held, strict=True) if flag]
+        self._held[region] = mine
+        return mine
+
+    async def _renew_forever(self) -> None:
+        """Leases outlive a long drain round: renewed every third of their time to live."""
+        while True:
+            await asyncio.sleep(self._config.claim_after / 3)
+            for region, held in list(self._held.items()):
+                if not held:
+                    continue
+                with contextlib.suppress(*REDIS_DOWN):
+                    still = await self._lease(
+                        keys=[self._keys.lease(region, n) for n in held],
+                        args=[self.consumer, int(self._config.claim_after * 1000)])
+                    self._held[region] = [n for n, flag in zip(held, still, strict=True)
+                                          if flag]
+
+    async def snapshot(self) -> Snapshot:
+        """The fleet's counters; the last one seen while Redis is unreachable."""
+        try:
+            counts: Any = await self._client.hgetall(self._keys.counts)
+            oldest = await self._oldest()
+        except REDIS_DOWN as exc:
+            self._link.failed(exc)
+            return self._last
+        snapshot = snapshot_of(counts)
+        snapshot.oldest = oldest
+        self.lanes = dict(snapshot.lanes)
+        self.totals = (snapshot.live_bytes, snapshot.dead_bytes, snapshot.dead_entries)
+        self._last = snapshot
+        return snapshot
+
+    async def _oldest(self) -> dict[str, float]:
+        oldest: dict[str, float] = {}
+        async with self._client.pipeline(transaction=False) as pipe:
+            for region in self._regions:
+                for key in self._keys.streams(region):
+                    pipe.xrange(key, "-", "+", count=1)
+            results = await pipe.execute()
+        streams = [region for region in self._regions for _ in self._keys.streams(region)]
+        for region, first in zip(streams, results, strict=True):
+            if first:
+                created = float(first[0][1][b"created_at"])
+                oldest[region] = min(created, oldest.get(region, created))
+        return oldest
+
+
+def snapshot_of(counts: dict[bytes, bytes]) -> Snapshot:
+    snapshot = Snapshot()
+    for raw_name, raw_value in counts.items():
+        name, value = raw_name.decode(), int(raw_value)
+        if name.startswith("lane:") and value > 0:
+            region, _, endpoint = name[5:].partition("/")
+            snapshot.lanes[(region, endpoint)] = value
+        elif name == "live_bytes":
+            snapshot.live_bytes = max(0, value)
+        elif name == "dead_bytes":
+            snapshot.dead_bytes = max(0, value)
+        elif name == "dead_entries":
+            snapshot.dead_entries = max(0, value)
+    return snapshot
+
+
+def _in_stream_order(entries: list[SpoolEntry]) -> list[SpoolEntry]:
+    """Pending before fresh within a partition already; ids of one stream rise, and an entry
+    read twice (pending and claimed) is sent once."""
+    unique = {(entry.endpoint, entry.project, entry.id): entry for entry in entries}
+    return sorted(unique.values(), key=lambda entry: entry.id)
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
