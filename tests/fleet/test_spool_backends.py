@@ -4,6 +4,7 @@ interface (proxy/spool/backend.py) and the relay on top of it. The SQLite-only s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from proxy.config import parse_config
 from proxy.ops.fleetmetrics import FleetMetrics
 from proxy.ops.metrics import Metrics
+from proxy.spool import admin
 from proxy.spool.backend import SpoolBackend
 from proxy.spool.entry import Refusal, SpoolEntry
 from proxy.spool.fallback import build
@@ -183,3 +185,34 @@ async def test_final_refusal_and_stale_track_go_to_dead_letters(
     assert [item.body for item in us.received] == [refused]    # the stale one was never sent
     await eventually(lambda: registry.get_sample_value(
         "mixpanel_proxy_spool_dead_entries") == 2, what="the dead-letter gauge")
+
+
+# -- `mixpanel-proxy spool status|retry-dead|purge` ----------------------------------------------
+async def test_spool_commands_on_each_backend(
+        store: SpoolBackend, backend: str, tmp_path: Path, redis_or_none: RedisServer | None,
+        held: Held, capsys: pytest.CaptureFixture[str]) -> None:
+    config = parse_config({"regions": {"us": {}, "eu": {}},
+                           **spool_extra(backend, tmp_path, redis_or_none)})
+    for body in (b"data=ok", b"data=bad1", b"data=bad2"):
+        await store.add(entry("track", body))
+    for item in (await store.batch("us", 10))[1:]:
+        await store.bury(item, Refusal("the upstream answered 400", 400, b"no"))
+    await store.close()        # SQLite: retry-dead and purge refuse while a relay drains
+
+    async def command(action: str, everything: bool = False) -> str:
+        # In a thread, as the CLI runs it: the Redis commands start an event loop of their own.
+        assert await asyncio.to_thread(admin.run, action, config, everything) == 0
+        return capsys.readouterr().out
+
+    shown = await command("status")
+    assert "waiting: 1 requests" in shown and "us /track: 1" in shown
+    assert "dead letters: 2 requests" in shown
+    assert "2 x HTTP 400: the upstream answered 400" in shown
+    assert "2 dead letters moved back" in await command("retry-dead")
+    assert sorted(held.waiting()) == [b"data=bad1", b"data=bad2", b"data=ok"]
+    assert held.dead() == []
+    assert "waiting: 3 requests" in await command("status")
+    assert "purged 0 dead letters and 3 waiting requests" in await command("purge", True)
+    assert held.waiting() == []
+    assert "waiting: 0 requests" in await command("status")
+    await store.open()         # the fixture closes it again
