@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from ..config import Config
 from ..upstream.redislink import connect
-from .redisstore import GROUP, Keys, decode, lane_field, snapshot_of
+from .redisformat import GROUP, Keys, decode, lane_field, snapshot_of
 
 Say = Callable[[str], None]
 _CHUNK = 200

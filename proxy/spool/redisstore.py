@@ -28,7 +28,6 @@ import os
 import secrets
 import socket
 import time
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -36,129 +35,25 @@ from redis.exceptions import ResponseError
 
 from ..config import RedisConfig, SpoolConfig
 from ..upstream.redislink import REDIS_DOWN, RedisLink
-from .entry import ORDERED_ENDPOINTS, Refusal, SpoolEntry
+from .entry import Refusal, SpoolEntry
+from .redisformat import (
+    ADD,
+    BURY,
+    DELETE,
+    GROUP,
+    LEASE,
+    RELEASE,
+    Keys,
+    decode,
+    encode,
+    entry_id,
+    lane_field,
+    snapshot_of,
+    stream_id,
+)
 from .store import Snapshot, SpoolError
 
 log = logging.getLogger("mixpanel_proxy.spool")
-GROUP = "drain"
-_SEQ_BITS = 32     # a stream id "ms-seq" as one int: ms << 32 | seq (SpoolEntry.id is an int)
-_FIELDS = ("region", "endpoint", "method", "path", "query", "headers", "body", "project",
-           "created_at")
-
-# KEYS: stream, counts. ARGV: lane field, size, then the entry's field/value pairs.
-_ADD = """
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
-local lane = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-local live = redis.call('HINCRBY', KEYS[2], 'live_bytes', ARGV[2])
-return {id, lane, live}
-"""
-# KEYS: stream, counts. ARGV: id, lane field, size. Idempotent: a second delete counts nothing.
-_DELETE = """
-local removed = redis.call('XDEL', KEYS[1], ARGV[1])
-redis.call('XACK', KEYS[1], 'drain', ARGV[1])
-if removed == 1 then
-  redis.call('HINCRBY', KEYS[2], ARGV[2], -1)
-  redis.call('HINCRBY', KEYS[2], 'live_bytes', -tonumber(ARGV[3]))
-end
-return removed
-"""
-# KEYS: stream, counts, dead. ARGV: id, lane field, size, then the dead letter's pairs. The dead
-# letter is written first: if Redis refuses it (maxmemory), the entry stays where it was.
-_BURY = """
-if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
-  redis.call('XACK', KEYS[1], 'drain', ARGV[1])
-  return 0
-end
-redis.call('XADD', KEYS[3], '*', unpack(ARGV, 4))
-redis.call('XDEL', KEYS[1], ARGV[1])
-redis.call('XACK', KEYS[1], 'drain', ARGV[1])
-redis.call('HINCRBY', KEYS[2], ARGV[2], -1)
-redis.call('HINCRBY', KEYS[2], 'live_bytes', -tonumber(ARGV[3]))
-redis.call('HINCRBY', KEYS[2], 'dead_bytes', tonumber(ARGV[3]))
-redis.call('HINCRBY', KEYS[2], 'dead_entries', 1)
-return 1
-"""
-# KEYS: lease keys. ARGV: owner, ttl ms. Returns 1 per lease held (renewed or taken), else 0.
-_LEASE = """
-local held = {}
-for i, key in ipairs(KEYS) do
-  local owner = redis.call('GET', key)
-  if owner == ARGV[1] then
-    redis.call('PEXPIRE', key, ARGV[2])
-    held[i] = 1
-  elseif not owner then
-    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
-    held[i] = 1
-  else
-    held[i] = 0
-  end
-end
-return held
-"""
-_RELEASE = """
-for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
-end
-return 1
-"""
-
-
-def stream_id(entry_id: int) -> str:
-    return f"{entry_id >> _SEQ_BITS}-{entry_id & ((1 << _SEQ_BITS) - 1)}"
-
-
-def entry_id(text: bytes | str) -> int:
-    ms, _, seq = (text.decode() if isinstance(text, bytes) else text).partition("-")
-    return int(ms) << _SEQ_BITS | int(seq)
-
-
-class Keys:
-    def __init__(self, prefix: str, partitions: int) -> None:
-        self.base = f"{prefix}:spool"
-        self.partitions = partitions
-        self.counts = f"{self.base}:counts"
-        self.dead = f"{self.base}:dead"
-
-    def unordered(self, region: str) -> str:
-        return f"{self.base}:{region}:u"
-
-    def ordered(self, region: str, partition: int) -> str:
-        return f"{self.base}:{region}:o:{partition}"
-
-    def lease(self, region: str, partition: int) -> str:
-        return f"{self.base}:lease:{region}:{partition}"
-
-    def streams(self, region: str) -> list[str]:
-        return [self.unordered(region)] + [self.ordered(region, n)
-                                           for n in range(self.partitions)]
-
-    def of(self, entry: SpoolEntry) -> str:
-        if entry.endpoint not in ORDERED_ENDPOINTS:
-            return self.unordered(entry.region)
-        lane = f"{entry.endpoint}\0{entry.project}".encode()
-        return self.ordered(entry.region, zlib.crc32(lane) % self.partitions)
-
-
-def lane_field(entry: SpoolEntry) -> str:
-    return f"lane:{entry.region}/{entry.endpoint}"
-
-
-def encode(entry: SpoolEntry) -> list[Any]:
-    values = (entry.region, entry.endpoint, entry.method, entry.path, entry.query,
-              entry.headers_json(), entry.body, entry.project, repr(entry.created_at))
-    return [item for pair in zip(_FIELDS, values, strict=True) for item in pair]
-
-
-def decode(raw_id: bytes, fields: dict[bytes, bytes], deliveries: int = 0) -> SpoolEntry:
-    text = {key.decode(): value for key, value in fields.items()}
-    return SpoolEntry(
-        region=text["region"].decode(), endpoint=text["endpoint"].decode(),
-        method=text["method"].decode(), path=text["path"].decode(), query=text["query"],
-        headers=json.loads(text["headers"]), body=text["body"],
-        project=text["project"].decode(), created_at=float(text["created_at"]),
-        id=entry_id(raw_id), attempts=deliveries)
-
-
 class RedisSpoolStore:
     """The SpoolBackend on Redis (see proxy/spool/backend.py for the interface)."""
 
@@ -172,12 +67,15 @@ class RedisSpoolStore:
         self._regions = tuple(regions)
         self._on_claimed = on_claimed
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self._add = self._client.register_script(_ADD)
-        self._delete = self._client.register_script(_DELETE)
-        self._bury = self._client.register_script(_BURY)
-        self._lease = self._client.register_script(_LEASE)
-        self._release = self._client.register_script(_RELEASE)
+        self._add = self._client.register_script(ADD)
+        self._delete = self._client.register_script(DELETE)
+        self._bury = self._client.register_script(BURY)
+        self._lease = self._client.register_script(LEASE)
+        self._release = self._client.register_script(RELEASE)
         self._held: dict[str, list[int]] = {}          # region -> partitions leased
+        # Sent and accepted upstream, but Redis did not confirm the removal (it went down):
+        # when such an entry comes back in a batch, it is counted as a redelivery.
+        self._unconfirmed: set[int] = set()
         self._renewer: asyncio.Task[None] | None = None
         self.commits = 0
         self.totals = (0, 0, 0)
@@ -245,7 +143,7 @@ class RedisSpoolStore:
         return entry_id(new_id)
 
     async def delete(self, entry: SpoolEntry) -> None:
-        await self._run(self._delete, [self._keys.of(entry), self._keys.counts],
+        await self._confirm(self._delete, entry, [self._keys.of(entry), self._keys.counts],
                         [stream_id(entry.id), lane_field(entry), entry.size])
         self._count(entry)
 
@@ -253,8 +151,9 @@ class RedisSpoolStore:
         dead = [*encode(entry), "failed_at", repr(time.time()), "reason", refusal.reason,
                 "status", refusal.status, "answer", refusal.kept_answer(),
                 "answer_headers", json.dumps(refusal.answer_headers)]
-        await self._run(self._bury, [self._keys.of(entry), self._keys.counts, self._keys.dead],
-                        [stream_id(entry.id), lane_field(entry), entry.size, *dead])
+        keys = [self._keys.of(entry), self._keys.counts, self._keys.dead]
+        await self._confirm(self._bury, entry, keys,
+                            [stream_id(entry.id), lane_field(entry), entry.size, *dead])
         self._count(entry)
 
     def _count(self, entry: SpoolEntry) -> None:
@@ -274,14 +173,16 @@ class RedisSpoolStore:
     def release_drain_role(self) -> None:
         return None
 
-    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    async def _confirm(self, script: Any, entry: SpoolEntry, keys: list[str],
+                       args: list[Any]) -> None:
         try:
-            result = await script(keys=keys, args=args)
+            await script(keys=keys, args=args)
         except REDIS_DOWN as exc:
             self._link.failed(exc)
+            self._unconfirmed.add(entry.id)
             raise SpoolError(f"redis: {_short(exc)}") from exc
         self._link.succeeded()
-        return result
+        self._unconfirmed.discard(entry.id)
 
     # -- reads -------------------------------------------------------------------------------
     async def batch(self, region: str, limit: int) -> list[SpoolEntry]:
@@ -298,7 +199,12 @@ class RedisSpoolStore:
             self._link.failed(exc)
             raise
         self._link.succeeded()
-        return ordered + unordered
+        entries = ordered + unordered
+        again = [entry.id for entry in entries if entry.id in self._unconfirmed]
+        if again:
+            self._on_claimed(len(again))
+            self._unconfirmed.difference_update(again)
+        return entries
 
     async def _ordered_batch(self, region: str, limit: int) -> list[SpoolEntry]:
         partitions = await self._take_leases(region)
@@ -398,22 +304,6 @@ class RedisSpoolStore:
                 created = float(first[0][1][b"created_at"])
                 oldest[region] = min(created, oldest.get(region, created))
         return oldest
-
-
-def snapshot_of(counts: dict[bytes, bytes]) -> Snapshot:
-    snapshot = Snapshot()
-    for raw_name, raw_value in counts.items():
-        name, value = raw_name.decode(), int(raw_value)
-        if name.startswith("lane:") and value > 0:
-            region, _, endpoint = name[5:].partition("/")
-            snapshot.lanes[(region, endpoint)] = value
-        elif name == "live_bytes":
-            snapshot.live_bytes = max(0, value)
-        elif name == "dead_bytes":
-            snapshot.dead_bytes = max(0, value)
-        elif name == "dead_entries":
-            snapshot.dead_entries = max(0, value)
-    return snapshot
 
 
 def _in_stream_order(entries: list[SpoolEntry]) -> list[SpoolEntry]:
