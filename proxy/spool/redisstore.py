@@ -73,6 +73,8 @@ class RedisSpoolStore:
         self._lease = self._client.register_script(LEASE)
         self._release = self._client.register_script(RELEASE)
         self._held: dict[str, list[int]] = {}          # region -> partitions leased
+        self._leased_at: dict[str, float] = {}         # region -> when leases were last taken
+        self._claim_at: dict[str, float] = {}          # region -> next XAUTOCLAIM (monotonic)
         # Sent and accepted upstream, but Redis did not confirm the removal (it went down):
         # when such an entry comes back in a batch, it is counted as a redelivery.
         self._unconfirmed: set[int] = set()
@@ -119,24 +121,28 @@ class RedisSpoolStore:
     # -- writes ------------------------------------------------------------------------------
     async def add(self, entry: SpoolEntry) -> int:
         """Store `entry`; returns once Redis acknowledged it (and WAIT saw it on the replicas)."""
+        keys = [self._keys.of(entry), self._keys.counts]
         args = [lane_field(entry), entry.size, *encode(entry)]
+        wait = self._redis_config.wait_replicas
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                # One connection: WAIT counts the replicas that have this very write.
-                await self._add(keys=[self._keys.of(entry), self._keys.counts], args=args,
-                                client=pipe)
-                if self._redis_config.wait_replicas:
-                    pipe.wait(self._redis_config.wait_replicas,
-                              int(self._redis_config.wait_timeout * 1000))
-                results = await pipe.execute()
+            if not wait:           # one round trip (EVALSHA; the script is loaded on NOSCRIPT)
+                results = [await self._add(keys=keys, args=args)]
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    # One connection: WAIT counts the replicas that have this very write.
+                    await self._add(keys=keys, args=args, client=pipe)
+                    pipe.wait(wait, int(self._redis_config.wait_timeout * 1000))
+                    results = await pipe.execute()
         except REDIS_DOWN as exc:
             self._link.failed(exc)
             raise SpoolError(f"redis: write failed ({_short(exc)})") from exc
         self._link.succeeded()
         new_id, lane_count, live = results[0]
-        if self._redis_config.wait_replicas and int(results[1]) < self._redis_config.wait_replicas:
-            raise SpoolError(f"redis: {results[1]} of {self._redis_config.wait_replicas} "
-                             "replicas acknowledged the write in time")
+        if wait and int(results[1]) < wait:
+            # Stored on the primary (it will be delivered), but not as durable as asked: the
+            # client is not told success, and its retry is deduplicated by Mixpanel.
+            raise SpoolError(f"redis: {results[1]} of {wait} replicas acknowledged the write "
+                             "in time")
         self.commits += 1
         self.lanes = {**self.lanes, (entry.region, entry.endpoint): int(lane_count)}
         self.totals = (int(live), self.totals[1], self.totals[2])
@@ -207,12 +213,15 @@ class RedisSpoolStore:
         return entries
 
     async def _ordered_batch(self, region: str, limit: int) -> list[SpoolEntry]:
+        before = set(self._held.get(region, ()))
         partitions = await self._take_leases(region)
         keys = [self._keys.ordered(region, n) for n in partitions]
         if not keys:
             return []
         claimed = 0
-        for key in keys:     # a dead holder's pending entries become ours, in id order
+        # A partition held all along has no other reader; one just taken over may hold a dead
+        # holder's pending entries: they become ours, in id order, before anything newer.
+        for key in [self._keys.ordered(region, n) for n in partitions if n not in before]:
             pending: Any = await self._client.xpending_range(key, GROUP, "-", "+", limit)
             theirs: list[Any] = [item["message_id"] for item in pending
                       if item["consumer"].decode() != self.consumer]
@@ -229,11 +238,15 @@ class RedisSpoolStore:
         key = self._keys.unordered(region)
         mine = await self._read([key], "0", limit)
         seen = {entry.id for entry in mine}
-        if len(mine) < limit:
+        now = time.monotonic()
+        if len(mine) < limit and now >= self._claim_at.get(region, 0.0):
+            # Looked at a few times per claim_after (sooner while a full batch was claimed).
             idle_ms = int(self._config.claim_after * 1000)
             answer = await self._client.xautoclaim(key, GROUP, self.consumer, idle_ms, "0-0",
                                                    count=limit - len(mine))
             taken = [decode(raw_id, fields) for raw_id, fields in answer[1] if fields]
+            full = len(answer[1]) >= limit - len(mine)
+            self._claim_at[region] = now if full else now + self._config.claim_after / 3
             others = [entry for entry in taken if entry.id not in seen]
             if others:
                 self._on_claimed(len(others))
@@ -254,12 +267,18 @@ class RedisSpoolStore:
         return entries
 
     async def _take_leases(self, region: str) -> list[int]:
+        """Renew ours and take the free ones, a few times per claim_after (the renewer keeps
+        them alive in between): a dead holder's partitions are taken within ~4/3 claim_after."""
+        now = time.monotonic()
+        if now - self._leased_at.get(region, -1e9) < self._config.claim_after / 3:
+            return self._held.get(region, [])
         partitions = list(range(self._keys.partitions))
         ttl = int(self._config.claim_after * 1000)
         held = await self._lease(keys=[self._keys.lease(region, n) for n in partitions],
                                  args=[self.consumer, ttl])
         mine = [n for n, flag in zip(partitions, held, strict=True) if flag]
         self._held[region] = mine
+        self._leased_at[region] = now
         return mine
 
     async def _renew_forever(self) -> None:
@@ -269,12 +288,16 @@ class RedisSpoolStore:
             for region, held in list(self._held.items()):
                 if not held:
                     continue
-                with contextlib.suppress(*REDIS_DOWN):
+                try:
                     still = await self._lease(
                         keys=[self._keys.lease(region, n) for n in held],
                         args=[self.consumer, int(self._config.claim_after * 1000)])
-                    self._held[region] = [n for n, flag in zip(held, still, strict=True)
-                                          if flag]
+                except REDIS_DOWN:
+                    # Not renewed: they may lapse. The next batch asks for them all again.
+                    self._leased_at.pop(region, None)
+                    self._held[region] = []
+                    continue
+                self._held[region] = [n for n, flag in zip(held, still, strict=True) if flag]
 
     async def snapshot(self) -> Snapshot:
         """The fleet's counters; the last one seen while Redis is unreachable."""

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import US_TOKEN, RelayFactory
@@ -153,3 +154,27 @@ async def test_redis_cut_off_while_requests_arrive(
     await eventually(lambda: not held.waiting(), timeout=30, what="the drain")
     received = {item.body for item in upstreams["us"].received}
     assert set(accepted) <= received                     # nothing answered 200 is lost
+
+
+@pytest.mark.slow       # a second redis-server, and its replication handshake
+async def test_wait_replicas_answers_success_only_once_a_replica_has_it(
+        make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path,
+        redis_server: RedisServer) -> None:
+    """`[redis] wait_replicas = 1`: with no replica in time, 503 (not 200); once a real replica
+    follows the primary, 200, and the replica holds the entry."""
+    extra = spool_extra("redis", tmp_path, redis_server)
+    extra["redis"].update(wait_replicas=1, wait_timeout=0.2)
+    client = await make_relay(extra, projects=True)
+    await upstreams["us"].go_down()
+    status, headers, _ = await post(client, fresh("alone"))
+    assert status == 503 and "Retry-After" in headers
+    replica = RedisServer(replica_of=redis_server.port)
+    replica.start()
+    try:
+        await eventually(lambda: b"master_link_status:up" in replica.command("INFO",
+                                                                             "replication"),
+                         what="the replica to follow")
+        assert (await post(client, body := fresh("replicated")))[0] == 200
+        assert body in Held("redis", tmp_path, replica).waiting()
+    finally:
+        replica.cleanup()

@@ -26,11 +26,13 @@ def _free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, appendfsync: str = "everysec", maxmemory: str = "0") -> None:
+    def __init__(self, appendfsync: str = "everysec", maxmemory: str = "0",
+                 replica_of: int | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="fleet-redis-"))
         self.port = _free_port()
         self.appendfsync = appendfsync
         self.maxmemory = maxmemory
+        self.replica_of = replica_of       # the port of a primary on loopback
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -43,6 +45,8 @@ class RedisServer:
                 "--appendonly", "yes", "--appendfsync", self.appendfsync,
                 "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction",
                 "--logfile", str(self.dir / "redis.log")]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
