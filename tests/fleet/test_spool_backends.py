@@ -26,7 +26,7 @@ from proxy.upstream.redislink import RedisLink
 from tests.conftest import US_TOKEN, RelayFactory
 from tests.fleet.backends import Held, spool_extra
 from tests.support.fakes import FakeUpstream
-from tests.support.helpers import FORM, browser_form, event, python_sdk_form
+from tests.support.helpers import FORM, basic, browser_form, event, python_sdk_form
 from tests.support.processes import eventually
 from tests.support.redis_server import RedisServer
 
@@ -159,6 +159,27 @@ async def test_engage_order_per_project_survives_the_outage(
     await eventually(lambda: len(us.received) >= 8 and not held.waiting(), what="the drain")
     steps = [item.records()[0]["$set"]["step"] for item in us.received]
     assert steps == list(range(8))
+
+
+async def test_record_order_per_replay_survives_the_outage(
+        make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path,
+        backend: str, redis_or_none: RedisServer | None, held: Held) -> None:
+    """Two replays' batches interleaved: each replay's `seq` reaches the upstream in order."""
+    us = upstreams["us"]
+    client = await make_relay(spool_extra(backend, tmp_path, redis_or_none), projects=True)
+    await us.go_down()
+    headers = {"Content-Type": "application/octet-stream", "Authorization": basic(US_TOKEN)}
+    for seq in range(5):
+        for replay in ("r1", "r2"):
+            response = await client.post(f"/record/?format=gzip&seq={seq}&replay_id={replay}",
+                                         data=b"\x1f\x8b" + f"{replay}-{seq}".encode(),
+                                         headers=headers)
+            assert response.status == 200
+    await us.come_back()
+    await eventually(lambda: len(us.received) >= 10 and not held.waiting(), what="the drain")
+    for replay in ("r1", "r2"):
+        seqs = [item.query for item in us.received if f"replay_id={replay}" in item.query]
+        assert seqs == [f"format=gzip&seq={seq}&replay_id={replay}" for seq in range(5)]
 
 
 async def test_final_refusal_and_stale_track_go_to_dead_letters(
