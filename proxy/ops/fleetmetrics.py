@@ -29,8 +29,9 @@ class FleetMetrics:
             "mixpanel_proxy_spool_fallback_moved", "Requests moved from the local SQLite "
             "fallback into the Redis spool once Redis answered again.", registry=r)
         self.spool_claimed = Counter(
-            "mixpanel_proxy_spool_claimed", "Redis spool entries claimed from a relay that "
-            "stopped before confirming them (sent again: possible duplicates).", registry=r)
+            "mixpanel_proxy_spool_claimed", "Redis spool entries taken over from another relay "
+            "process (stopped, or silent past [spool] claim_after) and sent again: possible "
+            "duplicates, also counted in mixpanel_proxy_spool_redeliveries.", registry=r)
 
     def spool_goes_to(self, store: str) -> None:
         for name in SPOOL_STORES:

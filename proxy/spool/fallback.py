@@ -180,9 +180,12 @@ class FallbackStore:
 def build(config: Config, link: RedisLink, fleet: FleetMetrics, metrics: Metrics
           ) -> FallbackStore:
     """The store of `[spool] backend = "redis"` (no I/O here: `open` connects)."""
-    def claimed(count: int) -> None:
+    def claimed(count: int, from_another: bool) -> None:
+        """Entries that may have reached the upstream once already (redeliveries); those
+        taken over from another relay process are counted apart as well."""
         metrics.spool_redeliveries.inc(count)
-        fleet.spool_claimed.inc(count)
+        if from_another:
+            fleet.spool_claimed.inc(count)
 
     redis = RedisSpoolStore(config.spool, config.redis, link, config.regions, claimed)
     local = (SpoolStore(config.spool.path, group_commit=config.spool.group_commit)

@@ -58,7 +58,7 @@ class RedisSpoolStore:
     """The SpoolBackend on Redis (see proxy/spool/backend.py for the interface)."""
 
     def __init__(self, config: SpoolConfig, redis: RedisConfig, link: RedisLink,
-                 regions: Iterable[str], on_claimed: Callable[[int], None]) -> None:
+                 regions: Iterable[str], on_claimed: Callable[[int, bool], None]) -> None:
         self._config = config
         self._redis_config = redis
         self._link = link
@@ -208,7 +208,7 @@ class RedisSpoolStore:
         entries = ordered + unordered
         again = [entry.id for entry in entries if entry.id in self._unconfirmed]
         if again:
-            self._on_claimed(len(again))
+            self._on_claimed(len(again), False)     # ours, sent again
             self._unconfirmed.difference_update(again)
         return entries
 
@@ -229,7 +229,7 @@ class RedisSpoolStore:
                 await self._client.xclaim(key, GROUP, self.consumer, 0, theirs, justid=True)
                 claimed += len(theirs)
         if claimed:
-            self._on_claimed(claimed)
+            self._on_claimed(claimed, True)
         entries = await self._read(keys, "0", limit)
         fresh = await self._read(keys, ">", limit)
         return _in_stream_order(entries + fresh)
@@ -249,7 +249,7 @@ class RedisSpoolStore:
             self._claim_at[region] = now if full else now + self._config.claim_after / 3
             others = [entry for entry in taken if entry.id not in seen]
             if others:
-                self._on_claimed(len(others))
+                self._on_claimed(len(others), True)
             mine += others
         if len(mine) < limit:
             mine += await self._read([key], ">", limit - len(mine))
