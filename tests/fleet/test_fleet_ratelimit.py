@@ -65,7 +65,7 @@ async def test_fleet_rate_holds_within_ten_percent(
     """N requests per second per IP across three relays, each sending as fast as it can: the
     fleet accepts the burst plus N per second elapsed, within 10 %. The burst is one second's
     worth, so a stalled sender (a busy machine) loses no tokens while it waits."""
-    rate, seconds = 20, 3.0
+    rate, seconds = 20, 2.0
     relays = await fleet(make_relay, limits(redis_server, ip_per_second=rate, ip_burst=rate))
     statuses: list[int] = []
     started = time.monotonic()
@@ -78,6 +78,8 @@ async def test_fleet_rate_holds_within_ten_percent(
     elapsed = time.monotonic() - started
     expected = rate + rate * elapsed
     accepted = statuses.count(200)
+    print(f"fleet rate: {accepted} accepted of {len(statuses)} in {elapsed:.2f} s, "
+          f"expected {expected:.1f}")
     assert statuses.count(429) > accepted, "the senders did not outrun the limit"
     assert abs(accepted - expected) <= 0.1 * expected, (accepted, expected, elapsed)
     assert len(upstreams["us"].received) == accepted

@@ -178,3 +178,20 @@ async def test_wait_replicas_answers_success_only_once_a_replica_has_it(
         assert body in Held("redis", tmp_path, replica).waiting()
     finally:
         replica.cleanup()
+
+
+async def test_relay_starts_while_redis_is_down(
+        make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path,
+        redis_server: RedisServer) -> None:
+    """Redis down when the relay starts: it serves (503 for what it cannot store), and takes
+    writes once Redis is up, its consumer groups created then."""
+    redis_server.stop()
+    client = await make_relay(spool_extra("redis", tmp_path, redis_server), projects=True)
+    await upstreams["us"].go_down()
+    assert (await post(client, fresh("early")))[0] == 503
+    redis_server.start()
+    await asyncio.sleep(0.3)
+    assert (await post(client, body := fresh("later")))[0] == 200
+    await upstreams["us"].come_back()
+    await eventually(lambda: [item.body for item in upstreams["us"].received] == [body],
+                     what="the drain")
