@@ -14,6 +14,8 @@ command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 # `playwright install` (it would download a browser build of its own).
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+# tests/fleet starts real redis-server processes (loopback, AOF on) for the Redis backends.
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -20,6 +20,7 @@ from .log import LogConfig, parse_log
 from .payload import PayloadConfig, parse_payload
 from .privacy import PrivacyConfig, parse_privacy
 from .reader import ConfigError, TableReader
+from .redis import RedisConfig, parse_redis
 from .sections import (
     CorsConfig,
     LimitsConfig,
@@ -45,7 +46,7 @@ __all__ = [
     "Config", "ConfigError", "CorsConfig", "LimitsConfig", "RateLimitConfig", "MetricsConfig",
     "ProjectConfig",
     "HealthConfig", "LogConfig", "AssetsConfig", "PayloadConfig", "PrivacyConfig",
-    "RegionConfig",
+    "RedisConfig", "RegionConfig",
     "RoutingConfig", "ServerConfig", "SpoolConfig", "CoalesceConfig", "UpstreamConfig",
     "CONFIG_ENV", "load_config",
     "parse_config", "config_path_from_env",
@@ -71,6 +72,7 @@ class Config:
     assets: AssetsConfig = field(default_factory=AssetsConfig)
     payload: PayloadConfig = field(default_factory=PayloadConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
     source: str = "(embedded default)"
 
 
@@ -94,6 +96,7 @@ def parse_config(data: dict[str, Any], source: str = "(embedded default)") -> Co
         assets=parse_assets(root.table("assets")),
         payload=parse_payload(root.table("payload")),
         privacy=parse_privacy(root.table("privacy")),
+        redis=parse_redis(root.table("redis")),
         source=source,
     )
     root.finish()
@@ -101,9 +104,23 @@ def parse_config(data: dict[str, Any], source: str = "(embedded default)") -> Co
         # Each worker would bind the metrics listener itself; only the first would succeed.
         problems.append("metrics.listen: cannot be used with [server] workers > 1; leave it "
                         "unset (the main listener serves /metrics) or run one worker")
+    problems.extend(_redis_users_problems(config))
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _redis_users_problems(config: Config) -> list[str]:
+    """A section that chose the Redis backend needs `[redis] url`."""
+    if config.redis.configured:
+        return []
+    users = []
+    if config.spool.enabled and config.spool.backend == "redis":
+        users.append('spool.backend = "redis"')
+    if config.limits.rate.backend == "redis":
+        users.append('limits.rate.backend = "redis"')
+    return [f"redis.url: required by {user}; e.g. url = \"redis://127.0.0.1:6379/0\""
+            for user in users]
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Config:

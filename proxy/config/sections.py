@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Literal
 
 from yarl import URL
 
@@ -21,6 +22,8 @@ from .reader import Network, TableReader, checked_url
 
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+RateBackend = Literal["local", "redis"]
+RATE_BACKENDS: tuple[RateBackend, ...] = ("local", "redis")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class RateLimitConfig:
     ip_burst: int = 100
     token_per_second: float = 0.0         # 0: no per-project-token limit
     token_burst: int = 1000
+    backend: RateBackend = "local"        # "redis": one bucket per key for the whole fleet
 
 
 SPLIT_MAX = 8 * 1024 * 1024
@@ -249,6 +253,8 @@ def parse_limits(reader: TableReader) -> LimitsConfig:
         ip_burst=rate_reader.integer("ip_burst", 100, minimum=1),
         token_per_second=rate_reader.number("token_per_second", 0.0, minimum=0),
         token_burst=rate_reader.integer("token_burst", 1000, minimum=1),
+        backend=rate_reader.string("backend", "local",  # type: ignore[arg-type]
+                                   choices=RATE_BACKENDS),
     )
     rate_reader.finish()
     split_max = reader.size("split_max", SPLIT_MAX, minimum=1)

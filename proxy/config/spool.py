@@ -19,6 +19,10 @@ from ..endpoints import ENDPOINTS
 from .reader import TableReader
 
 SpoolMode = Literal["on_failure", "always", "off"]
+SpoolBackend = Literal["sqlite", "redis"]
+SPOOL_BACKENDS: tuple[SpoolBackend, ...] = ("sqlite", "redis")
+SpoolFallback = Literal["sqlite", "none"]
+SPOOL_FALLBACKS: tuple[SpoolFallback, ...] = ("sqlite", "none")
 SPOOL_MODES: tuple[SpoolMode, ...] = ("on_failure", "always", "off")
 # Read-only endpoints: their answers carry data only the upstream has, so they can't be stored.
 UNSPOOLABLE = ("flags", "settings")
@@ -42,6 +46,12 @@ class SpoolConfig:
     drain_concurrency: int = 8            # upstream requests in flight per region
     poll_interval: float = 5.0            # an idle drainer looks at the file this often
     track_max_age: float = TRACK_WINDOW   # older /track events go to dead letter, not upstream
+    backend: SpoolBackend = "sqlite"      # "redis": one spool for the fleet ([redis] url)
+    # backend "redis" while Redis is unreachable: "sqlite" stores into `path` and moves those
+    # entries to Redis once it is back; "none" answers 503 + Retry-After.
+    fallback: SpoolFallback = "none"
+    partitions: int = 16                  # ordered lanes hash onto this many Redis streams
+    claim_after: float = 30.0             # seconds before a dead relay's entries are claimed
 
     @property
     def active(self) -> bool:
@@ -79,6 +89,12 @@ def parse_spool(reader: TableReader) -> SpoolConfig:
         drain_concurrency=reader.integer("drain_concurrency", 8, minimum=1, maximum=256),
         poll_interval=reader.number("poll_interval", 5.0, minimum=0.01),
         track_max_age=reader.number("track_max_age", float(TRACK_WINDOW), minimum=1),
+        backend=reader.string("backend", "sqlite",  # type: ignore[arg-type]
+                              choices=SPOOL_BACKENDS),
+        fallback=reader.string("fallback", "none",  # type: ignore[arg-type]
+                               choices=SPOOL_FALLBACKS),
+        partitions=reader.integer("partitions", 16, minimum=1, maximum=1024),
+        claim_after=reader.number("claim_after", 30.0, minimum=0.1, maximum=3600),
     )
     reader.finish()
     return config

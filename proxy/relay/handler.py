@@ -35,8 +35,8 @@ from ..upstream.client import UpstreamAnswer, UpstreamClient, UpstreamFailure
 from . import answers
 from .answers import Answer
 from .coalesce import MERGED_QUERY, Coalescer, MergedAnswer, accepted
+from .fleetlimit import Limiter, LocalLimiter
 from .incoming import Incoming
-from .ratelimit import RateLimiter
 
 Outcome = UpstreamAnswer | UpstreamFailure
 _ALLOWED_METHODS = ("GET", "POST")
@@ -48,7 +48,7 @@ class ApiRelay:
     Its collaborators come from `app.create_app`, the one wiring place."""
 
     def __init__(self, config: Config, upstream: UpstreamClient, metrics: Metrics, *,
-                 health: RegionHealth, spool: Spool | None) -> None:
+                 health: RegionHealth, spool: Spool | None, rate: Limiter | None = None) -> None:
         self._config = config
         self._upstream = upstream
         self._metrics = metrics
@@ -64,7 +64,7 @@ class ApiRelay:
         self._limits = config.limits.body
         # The most the relay reads: a data body over its limit is cut into parts under it.
         self._accepted = {endpoint: config.limits.accepted(endpoint) for endpoint in self._limits}
-        self._rate = RateLimiter(config.limits.rate)
+        self._rate = rate or LocalLimiter(config.limits.rate)   # [limits.rate] backend
         self._coalescer = Coalescer(
             list(config.regions), config.coalesce.slots, config.coalesce.max_events,
             self._send_merged, lambda region: metrics.coalesced.labels(region).inc(),
@@ -123,7 +123,7 @@ class ApiRelay:
             headers.get(self._client_ip.header) if self._client_ip.header else None)
         facts = request_facts()
         facts.client_ip = client_ip
-        wait = self._rate.check_ip(client_ip)     # before the body: a flood costs no reads
+        wait = await self._rate.check_ip(client_ip)     # before the body: a flood costs no reads
         if wait:
             return self._rate_limited("this client IP", "ip_per_second", wait, cors)
         if request.content_length is not None and request.content_length > limit:
@@ -158,7 +158,7 @@ class ApiRelay:
         if not plan.parts:      # only Mixpanel's own telemetry (strict mode): answered here
             body, content_type = answers.success_for(routed, 0)
             return Answer(200, {**cors, "Content-Type": content_type}, body)
-        wait = self._rate.check_tokens(plan.tokens)
+        wait = await self._rate.check_tokens(plan.tokens)
         if wait:
             return self._rate_limited("this project token", "token_per_second", wait, cors)
         if not plan.split:

@@ -7,6 +7,7 @@ owns, so they take the drain lock and refuse while a relay holds it: stop the re
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sqlite3
 import sys
@@ -112,6 +113,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser],
 
 def run(action: str, config: Config, everything: bool) -> int:
     """The `spool` command; 0 on success, 1 with the problem on stderr."""
+    if config.spool.backend == "redis":
+        return _run_on_redis(action, config, everything)
     path = config.spool.path
     try:
         if action == "status":
@@ -126,10 +129,30 @@ def run(action: str, config: Config, everything: bool) -> int:
     return 0
 
 
+def _run_on_redis(action: str, config: Config, everything: bool) -> int:
+    from redis.exceptions import RedisError
+
+    from . import redisadmin
+
+    try:
+        if action == "status":
+            asyncio.run(redisadmin.status(config, print))
+        elif action == "retry-dead":
+            asyncio.run(redisadmin.retry_dead(config, print))
+        else:
+            asyncio.run(redisadmin.purge(config, everything, print))
+    except (RedisError, OSError) as exc:
+        print(f"redis {config.redis.redacted_url()}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def preflight(config: Config) -> str | None:
     """Before serving: the problem with the spool file, if any. A relay configured with a spool
-    must never run without it, so `serve` refuses to start on this."""
-    if not config.spool.enabled:
+    must never run without it, so `serve` refuses to start on this. (A Redis spool without a
+    local fallback has no file: Redis down is served with 503s, not a refused start.)"""
+    if not config.spool.enabled or (config.spool.backend == "redis"
+                                    and config.spool.fallback == "none"):
         return None
     try:
         connect_checked(config.spool.path).close()

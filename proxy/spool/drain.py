@@ -21,8 +21,8 @@ from yarl import URL
 
 from ..config.spool import SpoolConfig
 from ..upstream.client import UpstreamAnswer, UpstreamClient, UpstreamFailure
+from .backend import SpoolBackend
 from .entry import Refusal, SpoolEntry, is_retryable, refusal_in_success, stale_track_records
-from .store import SpoolStore
 
 log = logging.getLogger("mixpanel_proxy.spool")
 _INLINE_DECODE = 64 * 1024     # bytes of /track body checked on the loop; bigger: in a thread
@@ -37,7 +37,7 @@ class Ledger(Protocol):
 
 
 class Drainer:
-    def __init__(self, region: str, config: SpoolConfig, store: SpoolStore,
+    def __init__(self, region: str, config: SpoolConfig, store: SpoolBackend,
                  upstream: UpstreamClient, base_urls: Mapping[str, str], ledger: Ledger) -> None:
         self.region = region
         self._config = config

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -26,9 +25,10 @@ from ..decide.routing import RoutedRequest
 from ..ops.metrics import Metrics
 from ..relay import answers
 from ..upstream.client import UpstreamAnswer, UpstreamClient, UpstreamFailure
+from .backend import SpoolBackend
 from .drain import Drainer, retry_after_seconds
 from .entry import ORDERED_ENDPOINTS, SpoolEntry, is_retryable, project_of
-from .store import SpoolError, SpoolStore, take_drain_lock
+from .store import SpoolError, SpoolStore
 
 log = logging.getLogger("mixpanel_proxy.spool")
 Outcome = UpstreamAnswer | UpstreamFailure
@@ -36,10 +36,14 @@ Outcome = UpstreamAnswer | UpstreamFailure
 
 class Spool:
     """One per app. Every worker process stores into the same file; the one holding the drain
-    lock (see `take_drain_lock`) runs the drainers, and another takes over when it exits."""
+    lock (see `take_drain_lock`) runs the drainers, and another takes over when it exits.
+    With `[spool] backend = "redis"` the store is Redis (`fallback.build`), and every process of
+    every relay drains it."""
 
-    def __init__(self, config: Config, upstream: UpstreamClient, metrics: Metrics) -> None:
+    def __init__(self, config: Config, upstream: UpstreamClient, metrics: Metrics,
+                 store_factory: Callable[[], SpoolBackend] | None = None) -> None:
         self.config = config.spool
+        self._store_factory = store_factory
         self._grace = min(5.0, config.server.shutdown_timeout)   # for in-flight drain sends
         self._metrics = metrics
         self._upstream = upstream
@@ -49,9 +53,9 @@ class Spool:
             for region in config.regions.values()}
         self._endpoints = frozenset(self.config.endpoints if self.config.active else ())
         self._always = self.config.mode == "always"
-        self._store: SpoolStore | None = None
+        self._store: SpoolBackend | None = None
         self._drainers: dict[str, Drainer] = {}
-        self._lock_fd: int | None = None
+        self._owner = False
         self._watcher: asyncio.Task[None] | None = None
         self._oldest: dict[str, float] = {}     # region -> created_at, when not draining
         self._reserved: Counter[tuple[str, str]] = Counter()   # being written by this process
@@ -66,7 +70,9 @@ class Spool:
 
     async def open(self) -> None:
         """Open the file (SpoolError if it is unusable); drain it if no other process does."""
-        store = SpoolStore(self.config.path, group_commit=self.config.group_commit)
+        store: SpoolBackend = (
+            self._store_factory() if self._store_factory is not None
+            else SpoolStore(self.config.path, group_commit=self.config.group_commit))
         snapshot = await store.open()
         self._store = store
         self._oldest = snapshot.oldest
@@ -86,9 +92,8 @@ class Spool:
         if self._store is not None:
             store, self._store = self._store, None
             await store.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            store.release_drain_role()
+        self._owner = False
 
     async def _watch(self) -> None:
         """Refresh the counters other processes change, and take over draining when free."""
@@ -102,11 +107,9 @@ class Spool:
                 log.exception("spool: refreshing %s failed", self.config.path)
 
     async def _try_to_own(self) -> None:
-        if self._lock_fd is not None or self._store is None:
+        if self._owner or self._store is None or not self._store.take_drain_role():
             return
-        self._lock_fd = take_drain_lock(self.config.path)
-        if self._lock_fd is None:
-            return
+        self._owner = True
         interrupted = await self._store.claim_interrupted()
         if interrupted:
             # Sent but not confirmed when the last owner stopped: sent again, possibly twice at
@@ -120,7 +123,7 @@ class Spool:
             self._drainers[region] = drainer
             drainer.start()
 
-    def _export(self, store: SpoolStore) -> None:
+    def _export(self, store: SpoolBackend) -> None:
         """Gauges read at scrape time from the store's counters, which follow the file."""
         metrics = self._metrics
         for region in self._base_urls:
@@ -213,7 +216,7 @@ class Spool:
         return age
 
 
-def _waiting_in(store: SpoolStore, region: str) -> Callable[[], float]:
+def _waiting_in(store: SpoolBackend, region: str) -> Callable[[], float]:
     return lambda: sum(count for (name, _), count in store.lanes.items() if name == region)
 
 

@@ -78,6 +78,18 @@ class SpoolStore:
         # in commit order, so they never run behind or ahead of what the file holds.
         self.totals = (0, 0, 0)        # live bytes, dead bytes, dead entries
         self.lanes: dict[tuple[str, str], int] = {}    # (region, endpoint) -> waiting entries
+        self._lock_fd: int | None = None
+
+    # -- the drain role: one process per file sends upstream -------------------------------------
+    def take_drain_role(self) -> bool:
+        if self._lock_fd is None:
+            self._lock_fd = take_drain_lock(self.path)
+        return self._lock_fd is not None
+
+    def release_drain_role(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> Snapshot:
