@@ -46,7 +46,7 @@ async def test_ip_burst_is_shared_by_the_fleet(
                                             ip_burst=6))
     statuses = [await post_track(relay) for _ in range(3) for relay in relays]
     assert statuses.count(200) == accepted
-    assert statuses.count(429) == 9 - accepted
+    assert statuses.count(503) == 9 - accepted
     assert len(upstreams["us"].received) == accepted
 
 
@@ -55,7 +55,7 @@ async def test_token_limit_is_shared_by_the_fleet(
         redis_server: RedisServer) -> None:
     relays = await fleet(make_relay, limits(redis_server, token_per_second=SLOW, token_burst=4))
     statuses = [await post_track(relay) for _ in range(2) for relay in relays]
-    assert statuses == [200] * 4 + [429] * 2
+    assert statuses == [200] * 4 + [503] * 2
     assert len(upstreams["us"].received) == 4
 
 
@@ -80,7 +80,7 @@ async def test_fleet_rate_holds_within_ten_percent(
     accepted = statuses.count(200)
     print(f"fleet rate: {accepted} accepted of {len(statuses)} in {elapsed:.2f} s, "
           f"expected {expected:.1f}")
-    assert statuses.count(429) > accepted, "the senders did not outrun the limit"
+    assert statuses.count(503) > accepted, "the senders did not outrun the limit"
     assert abs(accepted - expected) <= 0.1 * expected, (accepted, expected, elapsed)
     assert len(upstreams["us"].received) == accepted
 
@@ -91,11 +91,11 @@ async def test_fails_open_to_local_buckets_when_redis_is_down(
     registry = CollectorRegistry()
     relay = await make_relay(limits(redis_server, ip_per_second=SLOW, ip_burst=2),
                              projects=True, registry=registry)
-    assert [await post_track(relay) for _ in range(3)] == [200, 200, 429]
+    assert [await post_track(relay) for _ in range(3)] == [200, 200, 503]
     redis_server.stop()
     # Redis gone: this process's own buckets decide (a fresh burst of 2), never a refusal
     # because of the outage, and each such check is counted.
-    assert [await post_track(relay) for _ in range(3)] == [200, 200, 429]
+    assert [await post_track(relay) for _ in range(3)] == [200, 200, 503]
     assert registry.get_sample_value("mixpanel_proxy_rate_limit_fallback_total") == 3
     assert registry.get_sample_value("mixpanel_proxy_redis_up") == 0
     body = await (await relay.get("/readyz")).json()
@@ -105,6 +105,6 @@ async def test_fails_open_to_local_buckets_when_redis_is_down(
     redis_server.start()
     await asyncio.sleep(0.3)             # past [redis] retry_interval: Redis is tried again
     # Back on the fleet bucket, which Redis kept (AOF): still empty.
-    assert await post_track(relay) == 429
+    assert await post_track(relay) == 503
     assert registry.get_sample_value("mixpanel_proxy_redis_up") == 1
     assert len(upstreams["us"].received) == 4
