@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from . import __version__
 from .assets.snippet import add_snippet_command, run_snippet
 from .config import CONFIG_ENV, Config, ConfigError, config_path_from_env, load_config
+from .config.crosscheck import deployment_problems
 from .ops import online
 from .server import supervisor
 from .spool import admin as spool_admin
@@ -47,6 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check":
+        problems = deployment_problems(config)
+        if problems:
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            return EXIT_CONFIG
         print(f"{config.source}: ok")
         return check_online(config) if args.online else 0
     if args.command == "snippet":

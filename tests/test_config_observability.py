@@ -22,7 +22,7 @@ def test_defaults() -> None:
     assert (config.log.level, config.log.access, config.log.client_ip) == ("info", True,
                                                                            "truncated")
     assert (config.health.probe_interval, config.health.max_age) == (15.0, 60.0)
-    assert config.health.regions == ("us", "eu", "in")
+    assert config.health.regions == ("us",)     # the routed regions: default_region alone
     assert config.metrics.listen is None
     assert parse_config({"metrics": {"listen": "0.0.0.0:9090"}}).metrics.listen == ("0.0.0.0",
                                                                                     9090)

@@ -18,7 +18,7 @@ __all__ = ["Metrics", "CONTENT_TYPE_LATEST", "REJECTION_REASONS"]
 
 REJECTION_REASONS = (
     "limit", "bad_payload", "unknown_token", "not_found", "method", "cors", "bad_request",
-    "rate_limit",
+    "rate_limit", "ops_refused",
 )
 ASSET_CACHE_RESULTS = (
     "hit", "miss", "expired", "coalesced", "stale", "stale_error", "revalidated", "updated",
