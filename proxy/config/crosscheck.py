@@ -8,13 +8,11 @@ operator learns them before `serve` exits or the relay quietly refuses its traff
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..endpoints import REGIONS
-from .reader import Network
 
 if TYPE_CHECKING:
     from . import Config
@@ -47,34 +45,11 @@ def deployment_problems(config: Config) -> list[str]:
     if config.routing.strict and not config.projects:
         problems.append("routing.strict: true with no [[projects]]: every request would be "
                         "refused with 403; list the projects this relay serves")
+    # Behind a front, allow-lists used to be decided on the front's address (always allowed);
+    # they are now decided on the client the front names, so the one list that still cannot
+    # mean anything is one that admits every address.
     for network in config.metrics.allow:
         if network.prefixlen == 0:
             problems.append(f"metrics.allow: {network} admits every address: /metrics, /status "
                             "and the /readyz details would be public")
-    problems.extend(_front_problems(config))
     return problems
-
-
-def _front_problems(config: Config) -> list[str]:
-    """An allow-list entry that only a front's own address fits is meaningless: the ops
-    endpoints decide on the client the front names, so such an entry admits nobody through
-    the front, and lets in whoever the front forwards without naming them."""
-    problems = []
-    for network in config.metrics.allow:
-        fronts = [trusted for trusted in config.server.trusted_proxies
-                  if _inside(trusted, network) and not trusted.is_loopback]
-        if fronts and not network.is_loopback and network.prefixlen > 0:
-            problems.append(
-                f"metrics.allow: {network} contains the trusted proxy {fronts[0]}: requests "
-                "through that front are decided on the client address it names, so list the "
-                "operators' addresses, not the front's")
-    return problems
-
-
-
-def _inside(inner: Network, outer: Network) -> bool:
-    if isinstance(inner, ipaddress.IPv4Network) and isinstance(outer, ipaddress.IPv4Network):
-        return inner.subnet_of(outer)
-    if isinstance(inner, ipaddress.IPv6Network) and isinstance(outer, ipaddress.IPv6Network):
-        return inner.subnet_of(outer)
-    return False
