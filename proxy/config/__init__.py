@@ -98,10 +98,6 @@ def parse_config(data: dict[str, Any], source: str = "(embedded default)") -> Co
         source=source,
     )
     root.finish()
-    if config.server.workers > 1 and config.metrics.listen is not None:
-        # Each worker would bind the metrics listener itself; only the first would succeed.
-        problems.append("metrics.listen: cannot be used with [server] workers > 1; leave it "
-                        "unset (the main listener serves /metrics) or run one worker")
     if config.health.require_regions and config.spool.enabled:
         problems.append("health.require_regions: cannot be used with [spool] enabled: the spool "
                         "takes the traffic of a region that is down, so the relay stays ready")

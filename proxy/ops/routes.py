@@ -175,9 +175,9 @@ def _ops_listener(config: Config, ops: Ops, listener: OpsListener) -> Context:
         ops.add_routes(ops_app, scrape=True)
         runner = web.AppRunner(ops_app, access_log=None)
         await runner.setup()
-        # Several workers each bind it (as they share the main port); a scrape then reaches
-        # one worker, exactly as /metrics on the main listener would.
-        await web.TCPSite(runner, host, port, reuse_port=config.server.workers > 1).start()
+        # Every worker binds it, and a new generation binds it while the old one still holds it
+        # (a reload); whichever worker a scrape reaches answers for all (ops/multiproc.py).
+        await web.TCPSite(runner, host, port, reuse_port=True).start()
         listener.runner = runner
         yield
         listener.runner = None

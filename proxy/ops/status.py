@@ -17,6 +17,7 @@ from prometheus_client import Metric
 
 from .. import __version__
 from ..config import Config
+from . import multiproc
 from .health import Readiness, RegionState
 from .metrics import Metrics
 
@@ -64,7 +65,7 @@ class StatusBoard:
 
     async def render(self) -> str:
         ready, verdict = await self._readiness.evaluate()
-        families = {metric.name: metric for metric in self._metrics.registry.collect()}
+        families = {metric.name: metric for metric in self._metrics.families()}
         parts = [
             _head(ready),
             self._summary(ready, verdict, families),
@@ -82,7 +83,11 @@ class StatusBoard:
 
     def _request_totals(self) -> dict[str, float]:
         totals: dict[str, float] = {}
-        for metric in self._metrics.requests.collect():
+        requests = self._metrics.requests.collect()
+        if multiproc.active():     # every worker's requests, not only this one's
+            requests = [family for family in self._metrics.families()
+                        if family.name == "mixpanel_proxy_requests"]
+        for metric in requests:
             for sample in metric.samples:
                 if sample.name.endswith("_total"):
                     endpoint = sample.labels["endpoint"]
@@ -91,7 +96,11 @@ class StatusBoard:
 
     def _summary(self, ready: bool, verdict: Mapping[str, object],
                  families: Mapping[str, Metric]) -> str:
-        uptime = self._clock() - self._started
+        # With the supervisor (multiprocess mode) the relay's uptime is the supervisor's, which a
+        # reload does not reset; this worker's own start would be the last reload.
+        started = families.get("process_start_time_seconds") if multiproc.active() else None
+        since = started.samples[0].value if started and started.samples else self._started
+        uptime = self._clock() - since
         failed = ", ".join(str(name) for name in _as_list(verdict.get("failed")))
         rows = [("version", __version__), ("config", self._config.source),
                 ("uptime", age_text(uptime)), ("ready", "yes" if ready else f"no ({failed})"),

@@ -26,8 +26,11 @@ import time
 import traceback
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry, Counter
+
 from .. import __version__
 from ..config import Config, ConfigError, load_config
+from ..ops import multiproc
 from .worker import run_worker
 
 log = logging.getLogger("mixpanel_proxy.supervisor")
@@ -64,7 +67,13 @@ def serve(config: Config, path: str | None) -> int:
         print(f"server.listen: cannot listen on {config.server.host}:{config.server.port} "
               f"({exc.strerror})", file=sys.stderr)
         return 1
-    return Supervisor(config, path, sock).run()
+    # Before any metric exists and before the first fork: every worker of every generation
+    # then writes to one directory, and any of them answers a scrape for all (ops/multiproc.py).
+    metrics_dir = multiproc.enable()
+    try:
+        return Supervisor(config, path, sock).run()
+    finally:
+        multiproc.release(metrics_dir)
 
 
 class Supervisor:
@@ -83,6 +92,10 @@ class Supervisor:
         self._stopping = False
         self._exit_code = 0
         self._wakeup_r, self._wakeup_w = os.pipe()
+        # The supervisor's own series, summed with the workers' by the multiprocess collector
+        # (the workers export the same family at 0, so it exists before the first reload).
+        self._reloads = Counter("mixpanel_proxy_config_reloads", "Config reloads, by result.",
+                                ("result",), registry=CollectorRegistry())
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -172,6 +185,7 @@ class Supervisor:
             if pid == 0:
                 return
             worker = self._workers.pop(pid, None)
+            multiproc.process_died(pid)
             if worker is not None:
                 self._on_exit(worker, os.waitstatus_to_exitcode(status))
 
@@ -241,6 +255,7 @@ class Supervisor:
                   f"(config: {config.source})", flush=True)
             log.info("%d worker(s) serving", config.server.workers)
         else:
+            self._reloads.labels("ok").inc()
             log.info("reloaded %s: %d worker(s) serving generation %d", config.source,
                      config.server.workers, generation)
         if self._reload_again:
@@ -259,6 +274,7 @@ class Supervisor:
             self._exit_code = 1
             self._stop(force=False)
         else:
+            self._reloads.labels("error").inc()
             log.error("reload abandoned: the previous config keeps serving")
 
     def _reload(self) -> None:
@@ -268,6 +284,7 @@ class Supervisor:
         try:
             config = load_config(self._path)
         except ConfigError as exc:
+            self._reloads.labels("error").inc()
             log.error("reload refused: %s has problems; the previous config keeps serving",
                       self._path or "the embedded default")
             for problem in exc.problems:
