@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -13,6 +12,7 @@ from .assets.snippet import add_snippet_command, run_snippet
 from .config import CONFIG_ENV, Config, ConfigError, config_path_from_env, load_config
 from .config.crosscheck import deployment_problems
 from .ops import online
+from .ops.logs import setup_logging
 from .server import supervisor
 from .spool import admin as spool_admin
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_help = f"TOML config file (default: ${CONFIG_ENV}, else the embedded default)"
     serve = commands.add_parser("serve", help="run the relay")
     serve.add_argument("--config", help=config_help)
+    serve.add_argument("--pid-file", help="write the supervisor's pid here while it runs")
     check = commands.add_parser("check", help="validate a config file; exit 2 on problems")
     check.add_argument("--config", help=config_help)
     check.add_argument("--online", action="store_true",
@@ -59,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_snippet(config, args)
     if args.command == "spool":
         return spool_admin.run(args.action, config, args.all)
-    return serve(config, path)
+    return serve(config, path, args.pid_file)
 
 
 def check_online(config: Config) -> int:
@@ -70,11 +71,11 @@ def check_online(config: Config) -> int:
     return 0 if all(report.ok for report in reports) else EXIT_UNREACHABLE
 
 
-def serve(config: Config, path: str | None = None) -> int:
+def serve(config: Config, path: str | None = None, pid_file: str | None = None) -> int:
     """Bind, fork `[server] workers` processes, supervise them (SIGHUP reloads `path`)."""
-    logging.basicConfig(level=config.log.level.upper(), format="%(message)s")
+    setup_logging(config.log)
     spool_problem = spool_admin.preflight(config)
     if spool_problem is not None:   # never serve without the spool the config asks for
         print(spool_problem, file=sys.stderr)
         return EXIT_SPOOL
-    return supervisor.serve(config, path)
+    return supervisor.serve(config, path, pid_file)

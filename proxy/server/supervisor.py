@@ -25,12 +25,14 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 
 from .. import __version__
 from ..config import Config, ConfigError, load_config
 from ..ops import multiproc
+from ..ops.logs import announce
 from .worker import run_worker
 
 log = logging.getLogger("mixpanel_proxy.supervisor")
@@ -59,7 +61,7 @@ def bind_listener(host: str, port: int, backlog: int = 2048) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=backlog)
 
 
-def serve(config: Config, path: str | None) -> int:
+def serve(config: Config, path: str | None, pid_file: str | None = None) -> int:
     """Run the relay: bind, supervise the workers, return the exit code."""
     try:
         sock = bind_listener(config.server.host, config.server.port)
@@ -70,10 +72,14 @@ def serve(config: Config, path: str | None) -> int:
     # Before any metric exists and before the first fork: every worker of every generation
     # then writes to one directory, and any of them answers a scrape for all (ops/multiproc.py).
     metrics_dir = multiproc.enable()
+    if pid_file:
+        Path(pid_file).write_text(f"{os.getpid()}\n")
     try:
         return Supervisor(config, path, sock).run()
     finally:
         multiproc.release(metrics_dir)
+        if pid_file:
+            Path(pid_file).unlink(missing_ok=True)
 
 
 class Supervisor:
@@ -251,8 +257,8 @@ class Supervisor:
         self._restarts.clear()
         host, port = self._sock.getsockname()[:2]
         if first:
-            print(f"mixpanel-proxy {__version__} listening on http://{_url_host(host)}:{port} "
-                  f"(config: {config.source})", flush=True)
+            announce(f"mixpanel-proxy {__version__} listening on http://{_url_host(host)}:{port} "
+                     f"(config: {config.source})")
             log.info("%d worker(s) serving", config.server.workers)
         else:
             self._reloads.labels("ok").inc()
