@@ -32,7 +32,7 @@ def test_defaults() -> None:
     ({"log": {"level": "loud"}}, "log.level: must be one of debug, info, warning, error"),
     ({"log": {"access": "yes"}}, "log.access: expected true or false"),
     ({"log": {"client_ip": "hashed"}}, "log.client_ip: must be one of full, truncated, omitted"),
-    ({"log": {"format": "json"}}, "log.format: unknown key"),
+    ({"log": {"format": "xml"}}, "log.format: must be one of text, json"),
     ({"health": {"probe_path": "health"}}, "health.probe_path: expected a path such as /"),
     ({"health": {"regions": ["us", "mars"]}}, "health.regions: unknown region 'mars'"),
     ({"health": {"probe_interval": -1}}, "health.probe_interval: must be at least 0"),
