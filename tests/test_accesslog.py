@@ -16,7 +16,7 @@ from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form, event
 
 FIELDS = {"time", "method", "endpoint", "region", "status", "reason", "bytes_in", "bytes_out",
-          "duration_ms", "upstream_ms", "client_ip", "path"}
+          "duration_ms", "upstream_ms", "client_ip", "path", "outcome"}
 
 
 def lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
@@ -41,6 +41,7 @@ async def test_one_line_per_request_with_sizes_durations_and_region(
     assert (line["endpoint"], line["region"], line["status"]) == ("track", "eu", 200)
     assert (line["bytes_in"], line["bytes_out"]) == (len(body), len(answer))
     assert line["reason"] == "" and line["path"] == "/track"
+    assert line["outcome"] == "forwarded"
     assert 50 <= line["upstream_ms"] <= line["duration_ms"]
     assert line["client_ip"] == "203.0.113.0"        # truncated to its /24 by default
     assert line["time"].endswith("Z")

@@ -52,9 +52,19 @@ class RequestFacts:
     reason: str = ""              # why the relay refused the request itself
     request_bytes: int = -1       # the body as read; -1: not read (Content-Length is logged)
     upstream_seconds: float = 0.0  # the slowest upstream exchange (split parts run in parallel)
+    # What became of the data: "forwarded" (the upstream's final answer), "stored" (in the
+    # durable spool: the client got its success answer, a drainer delivers it later), both
+    # joined by "+" for a batch split across regions, "" when neither (refused, or failed).
+    outcome: str = ""
 
     def upstream_took(self, seconds: float) -> None:
         self.upstream_seconds = max(self.upstream_seconds, seconds)
+
+    def note(self, outcome: str) -> None:
+        if not self.outcome:
+            self.outcome = outcome
+        elif outcome not in self.outcome.split("+"):
+            self.outcome = f"{self.outcome}+{outcome}"
 
     def add_region(self, region: str) -> None:
         self.region = region if self.region == "-" else f"{self.region}+{region}"
@@ -211,7 +221,7 @@ def access_line(request: Incoming, facts: RequestFacts, status: int, size: int,
         f'"reason":"{facts.reason}","bytes_in":{_bytes_in(request, facts)},'
         f'"bytes_out":{size},"duration_ms":{elapsed * 1000:.2f},'
         f'"upstream_ms":{facts.upstream_seconds * 1000:.2f},'
-        f'"client_ip":{json.dumps(client_ip)},"path":{path}}}'
+        f'"client_ip":{json.dumps(client_ip)},"path":{path},"outcome":"{facts.outcome}"}}'
     )
 
 

@@ -27,6 +27,7 @@ from ..ops.accesslog import request_facts
 from ..ops.health import RegionHealth
 from ..ops.metrics import Metrics, RouteMeters
 from ..spool import Spool, SpoolEntry
+from ..spool.entry import is_retryable
 from ..upstream.client import UpstreamAnswer, UpstreamClient, UpstreamFailure
 from . import answers
 from .answers import Answer
@@ -243,6 +244,8 @@ class ApiRelay:
             return await self._spool.after(entry, routed, failure)
         self._observe(part.region, meters, answer, time.perf_counter() - started)
         if not self._spool.would_keep(match.endpoint, answer):
+            if not is_retryable(answer.status):
+                request_facts().note("forwarded")
             return answer
         return await self._spool.after(entry, routed, answer)
 
