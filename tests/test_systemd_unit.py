@@ -101,3 +101,19 @@ async def test_serve_as_the_unit_runs_it(upstreams: dict[str, FakeUpstream],
         await relay.stop()
     assert relay.process.returncode == 0
     assert not pid_file.exists() and not (runtime / "metrics").exists()
+
+
+@pytest.mark.slow
+async def test_reload_warnings_name_the_address_still_listened_on(
+        upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
+    relay = RelayProcess(tmp_path, relay_config(upstreams))
+    await relay.start()
+    try:
+        for moved in ("127.0.0.1:1", "127.0.0.1:2"):          # `listen` changed twice
+            relay.write_config(relay_config(upstreams, {"server": {"listen": moved}}))
+            await relay.reload()
+    finally:
+        await relay.stop()
+    warnings = [line for line in relay.stderr.splitlines() if "server.listen changed" in line]
+    assert warnings == [f"server.listen changed: the listening socket stays on "
+                        f"127.0.0.1:{relay.port} until a restart"] * 2

@@ -85,6 +85,7 @@ def serve(config: Config, path: str | None, pid_file: str | None = None) -> int:
 class Supervisor:
     def __init__(self, config: Config, path: str | None, sock: socket.socket) -> None:
         self._config = config
+        self._bound = config.server          # the listen address the socket was bound for
         self._path = path
         self._sock = sock
         self._pid = os.getpid()
@@ -296,10 +297,12 @@ class Supervisor:
             for problem in exc.problems:
                 log.error("%s", problem)
             return
-        old = self._config.server
-        if (config.server.host, config.server.port) != (old.host, old.port):
+        # The socket bound at start, not the previous config's address: after a second change
+        # of `listen` that config names an address the relay never listened on.
+        host, port = self._sock.getsockname()[:2]
+        if (config.server.host, config.server.port) != (self._bound.host, self._bound.port):
             log.warning("server.listen changed: the listening socket stays on %s:%d until a "
-                        "restart", old.host, old.port)
+                        "restart", host, port)
         log.info("reloading %s", config.source)
         self._start_generation(config)
 
