@@ -81,6 +81,9 @@ async def test_port_80_is_shared_with_debians_default_site_by_name(
     nginx, _ = front
     status, headers, _ = answer(await exchange(nginx.http_port, request("/track"), tls=False))
     assert (status, headers["location"]) == (308, f"https://{HOST}/track")
+    challenge = request("/.well-known/acme-challenge/probe")    # certbot --webroot, port 80
+    status, headers, _ = answer(await exchange(nginx.http_port, challenge, tls=False))
+    assert status == 404 and "location" not in headers       # a file lookup, not a redirect
     other = (b"GET / HTTP/1.1\r\nHost: www.example.org\r\nConnection: close\r\n\r\n")
     status, headers, _ = answer(await exchange(nginx.http_port, other, tls=False))
     assert status != 308 and "location" not in headers      # Debian's default site answered

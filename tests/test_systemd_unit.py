@@ -117,3 +117,25 @@ async def test_reload_warnings_name_the_address_still_listened_on(
     warnings = [line for line in relay.stderr.splitlines() if "server.listen changed" in line]
     assert warnings == [f"server.listen changed: the listening socket stays on "
                         f"127.0.0.1:{relay.port} until a restart"] * 2
+
+
+def readme_block(step: str) -> list[str]:
+    """The shell lines of one step of README "Production on Debian"."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Production on Debian"):]
+    block = section[section.index(step):].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_installs_what_these_tests_run() -> None:
+    """tests/support/debian_nginx.py follows step 3 exactly (the directory copied, the site
+    symlinked), and tests/test_nginx_debian.py runs it inside Debian's stock nginx.conf."""
+    assert readme_block("**3. nginx") == [
+        "sudo cp -r nginx /etc/nginx/mixpanel-proxy",
+        "sudo ln -s /etc/nginx/mixpanel-proxy/mixpanel-proxy.conf "
+        "/etc/nginx/sites-enabled/mixpanel-proxy",
+        "sudo sed -i 's/mp\\.example\\.com/YOUR.RELAY.NAME/' "
+        "/etc/nginx/mixpanel-proxy/mixpanel-proxy.conf",
+        "sudo install -d /var/cache/nginx/mixpanel-proxy",
+    ]
+    assert "mp.example.com" in (REPO / "nginx" / "mixpanel-proxy.conf").read_text()
