@@ -48,8 +48,8 @@ def test_errors_name_the_key(data: dict[str, Any], expected: str) -> None:
 def test_the_example_file_holds_every_key() -> None:
     text = (Path(__file__).parent.parent / "config.example.toml").read_text(encoding="utf-8")
     data = tomllib.loads(text)
-    assert set(data["log"]) == {"level", "access", "client_ip"}
+    assert set(data["log"]) == {"level", "access", "client_ip", "format"}
     assert set(data["health"]) == {"probe_interval", "probe_path", "probe_timeout", "max_age",
-                                   "regions"}
+                                   "regions", "require_regions"}
     assert "# listen = " in text
     parse_config(data)
