@@ -140,3 +140,13 @@ def test_ordinary_redact_patterns_pass() -> None:
     for pattern in (r"[\w.+-]+@[\w-]+\.[\w.]+", r"\b\d{3}-\d{4}\b", r"secret"):
         assert not matches_empty(re.compile(pattern)), pattern
     assert not deployment_problems(parse_config({}))
+
+
+async def test_strict_mode_says_plainly_that_no_token_was_sent(make_relay: RelayFactory) -> None:
+    client = await make_relay({"routing": {"strict": True}}, projects=True)
+    response = await client.post("/engage/", data=browser_form([{"$distinct_id": "u"}]),
+                                 headers=FORM)
+    assert response.status == 403
+    assert (await response.json())["error"] == (
+        "the request names no project token, and strict mode serves only listed projects: "
+        "not a project this relay serves")
