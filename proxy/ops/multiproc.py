@@ -38,6 +38,7 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _pid = [os.getpid()]
+_given = [False]          # the directory came from $PROMETHEUS_MULTIPROC_DIR: not ours to remove
 
 
 def active() -> bool:
@@ -49,6 +50,7 @@ def enable() -> Path:
     (`$PROMETHEUS_MULTIPROC_DIR` if the operator set one, else under systemd's
     `$RUNTIME_DIRECTORY`, else a new temporary one), and the multiprocess value class."""
     given = os.environ.get(ENV)
+    _given[0] = bool(given)
     if given:
         directory = Path(given)
     elif os.environ.get("RUNTIME_DIRECTORY"):
@@ -68,8 +70,12 @@ def enable() -> Path:
 
 
 def release(directory: Path) -> None:
-    """At the supervisor's exit: the files counted this run only."""
-    shutil.rmtree(directory, ignore_errors=True)
+    """At the supervisor's exit: the files counted this run only (a directory the operator
+    named stays, emptied of them)."""
+    for counted in directory.glob("*.db"):
+        counted.unlink(missing_ok=True)
+    if not _given[0]:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def process_died(pid: int) -> None:

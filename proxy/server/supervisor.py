@@ -71,7 +71,13 @@ def serve(config: Config, path: str | None, pid_file: str | None = None) -> int:
         return 1
     # Before any metric exists and before the first fork: every worker of every generation
     # then writes to one directory, and any of them answers a scrape for all (ops/multiproc.py).
-    metrics_dir = multiproc.enable()
+    try:
+        metrics_dir = multiproc.enable()
+    except OSError as exc:
+        print(f"metrics: cannot prepare the directory the workers share their metrics in "
+              f"({exc}); set {multiproc.ENV} to a writable directory", file=sys.stderr)
+        sock.close()
+        return 1
     if pid_file:
         Path(pid_file).write_text(f"{os.getpid()}\n")
     try:
