@@ -110,3 +110,25 @@ async def test_status_page_counts_every_worker(relay: RelayProcess) -> None:
                 pages.append(await response.text())
     # The requests table's "answered" cell for track, on every page whichever worker drew it.
     assert all('<td>40</td>' in page for page in pages), pages[0][:2000]
+
+
+async def test_function_gauges_reach_every_scrape(upstreams: dict[str, FakeUpstream],
+                                                  tmp_path: Path) -> None:
+    """The spool's gauges come from a function each worker calls: a scrape shows them whichever
+    worker answers (multiprocess mode would otherwise read 0 from the files)."""
+    spool = {"enabled": True, "path": str(tmp_path / "spool.db"), "track_max_age": 1e10,
+             "backoff_min": 30.0, "backoff_max": 60.0, "poll_interval": 0.2}
+    process = RelayProcess(tmp_path, relay_config(upstreams, {"server": {"workers": 2},
+                                                              "spool": spool}))
+    await upstreams["us"].go_down()
+    await process.start()
+    try:
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await asyncio.gather(*(send(session, process.url, 1) for _ in range(4)))
+            await asyncio.sleep(0.5)        # each worker's store follows the file (poll_interval)
+            waiting = [samples(await scrape(session, process.url),
+                               "mixpanel_proxy_spool_entries") for _ in range(8)]
+    finally:
+        await process.stop()
+    assert [found[(("region", "us"),)] for found in waiting] == [4.0] * 8, waiting

@@ -6,7 +6,7 @@ rejection reasons. Never a path, token, IP or query.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -18,7 +18,7 @@ from . import multiproc
 
 T = TypeVar("T", Counter, Gauge, Histogram)
 
-__all__ = ["Metrics", "CONTENT_TYPE_LATEST", "REJECTION_REASONS"]
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST", "REJECTION_REASONS", "publish_fed_gauges"]
 
 REJECTION_REASONS = (
     "limit", "bad_payload", "unknown_token", "not_found", "method", "cors", "bad_request",
@@ -29,6 +29,34 @@ ASSET_CACHE_RESULTS = (
     "error",
 )
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class FedGauge(Gauge):
+    """A gauge whose value a function gives (`set_function`), as the spool's and the asset
+    cache's are. In multiprocess mode a scrape reads the values other workers wrote to their
+    files, and a function is only called by its own process's registry: so each worker also
+    writes its function gauges' values out, every few seconds (`publish_fed_gauges`).
+
+    The spool's combine as the max over workers: each follows the one spool file, refreshed
+    every poll_interval, so the largest is the freshest count of what waits, and every scrape
+    shows the same whichever worker answers."""
+
+    def set_function(self, f: Callable[[], float]) -> None:
+        super().set_function(f)
+        if multiproc.active():
+            _FED.append((self, f))
+
+
+_FED: list[tuple[Gauge, Callable[[], float]]] = []
+
+
+def publish_fed_gauges() -> None:
+    """Write every function gauge's current value where other workers' scrapes read it."""
+    for gauge, value in _FED:
+        try:
+            Gauge.set(gauge, value())
+        except Exception:   # a broken reading must not stop the others (nor a scrape)
+            continue
 
 
 def status_class(status: int) -> str:
@@ -86,19 +114,19 @@ class Metrics:
             "mixpanel_proxy_in_flight_requests", "Client requests being handled.", registry=r,
             multiprocess_mode="livesum")
         # The durable spool (issue 6, proxy/spool/).
-        self.spool_entries = Gauge(
+        self.spool_entries = FedGauge(
             "mixpanel_proxy_spool_entries", "Requests stored and waiting to be sent upstream.",
             ("region",), registry=r,
-            multiprocess_mode="livemostrecent")
-        self.spool_bytes = Gauge(
+            multiprocess_mode="livemax")
+        self.spool_bytes = FedGauge(
             "mixpanel_proxy_spool_bytes", "Bytes held by the spool, by kind (live: waiting; "
             "dead: dead letters). Their sum is bounded by [spool] max_bytes.", ("kind",),
             registry=r,
-            multiprocess_mode="livemostrecent")
-        self.spool_oldest_age = Gauge(
+            multiprocess_mode="livemax")
+        self.spool_oldest_age = FedGauge(
             "mixpanel_proxy_spool_oldest_age_seconds", "Age of the oldest waiting request.",
             ("region",), registry=r,
-            multiprocess_mode="livemostrecent")
+            multiprocess_mode="livemax")
         self.spool_stored = Counter(
             "mixpanel_proxy_spool_stored", "Requests stored (durably) by the spool.",
             ("region", "endpoint"), registry=r)
@@ -109,9 +137,9 @@ class Metrics:
             "mixpanel_proxy_spool_dead_lettered", "Stored requests moved to dead letter, by cause "
             "(upstream_4xx, upstream_refused, track_window, other_status).", ("region", "cause"),
             registry=r)
-        self.spool_dead_entries = Gauge(
+        self.spool_dead_entries = FedGauge(
             "mixpanel_proxy_spool_dead_entries", "Requests in the dead-letter table.", registry=r,
-            multiprocess_mode="livemostrecent")
+            multiprocess_mode="livemax")
         self.spool_refused = Counter(
             "mixpanel_proxy_spool_refused", "Requests the spool could not take (full, "
             "write_error): the client got 503.", ("reason",), registry=r)
@@ -160,11 +188,11 @@ class Metrics:
             "mixpanel_proxy_asset_cdn_failures", "CDN answers refused as broken or failed, by "
             "kind (status, content_type, html, truncated, too_large, empty, encoding, connect, "
             "timeout, protocol).", ("kind",), registry=r)
-        self.asset_cache_bytes = Gauge(
+        self.asset_cache_bytes = FedGauge(
             "mixpanel_proxy_asset_cache_bytes", "Bytes the bundle cache holds, every variant "
             "counted.", registry=r,
             multiprocess_mode="livesum")
-        self.asset_cache_entries = Gauge(
+        self.asset_cache_entries = FedGauge(
             "mixpanel_proxy_asset_cache_entries", "Bundle versions the cache holds.", registry=r,
             multiprocess_mode="livesum")
         for result in ASSET_CACHE_RESULTS:
@@ -211,9 +239,12 @@ class Metrics:
     def exposition(self) -> bytes:
         """The whole relay's view: every worker's, when several serve (ops/multiproc.py)."""
         if multiproc.active():
+            publish_fed_gauges()      # this worker's freshest; the others' are seconds old
             return generate_latest(multiproc.aggregated_registry())
         return generate_latest(self.registry)
 
     def families(self) -> Iterable[Metric]:
         """The series a page shows, with the same scope as `exposition`."""
+        if multiproc.active():
+            publish_fed_gauges()
         return multiproc.families(self.registry)
