@@ -24,7 +24,7 @@ from tests.support.processes import RelayProcess, eventually
 pytestmark = pytest.mark.slow
 
 SENT = 300
-SCRAPES = 20
+SCRAPES = 20          # during the load; then more until every worker has published
 
 
 @pytest.fixture
@@ -75,7 +75,13 @@ async def test_scrapes_under_load_are_monotonic_and_sum_every_worker(
             seen.append(requests_total(await scrape(session, relay.url)))
             await asyncio.sleep(0.02)
         await asyncio.gather(*senders)
-        final = await scrape(session, relay.url)
+        # Each worker publishes its counts every second (and at once when it answers a scrape).
+        for _ in range(40):
+            final = await scrape(session, relay.url)
+            seen.append(requests_total(final))
+            if seen[-1] == SENT:
+                break
+            await asyncio.sleep(0.1)
     assert seen == sorted(seen), f"a scrape went backwards: {seen}"
     assert requests_total(final) == SENT
     pids = {dict(labels)["pid"]
@@ -93,6 +99,7 @@ async def test_a_reload_keeps_the_counters_and_counts_itself(relay: RelayProcess
         started = samples(before, "process_start_time_seconds")
         await relay.reload()
         await send(session, relay.url, 5)
+        await asyncio.sleep(1.5)                  # every worker has published since
         after = await scrape(session, relay.url)
     assert requests_total(after) == 15
     reloads = samples(after, "mixpanel_proxy_config_reloads_total")
@@ -104,6 +111,7 @@ async def test_status_page_counts_every_worker(relay: RelayProcess) -> None:
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*(send(session, relay.url, 10) for _ in range(4)))
+        await asyncio.sleep(1.5)                  # every worker has published since
         pages: list[Any] = []
         for _ in range(6):
             async with session.get(f"{relay.url}/status") as response:

@@ -6,7 +6,7 @@ rejection reasons. Never a path, token, IP or query.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -18,7 +18,7 @@ from . import multiproc
 
 T = TypeVar("T", Counter, Gauge, Histogram)
 
-__all__ = ["Metrics", "CONTENT_TYPE_LATEST", "REJECTION_REASONS", "publish_fed_gauges"]
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST", "REJECTION_REASONS"]
 
 REJECTION_REASONS = (
     "limit", "bad_payload", "unknown_token", "not_found", "method", "cors", "bad_request",
@@ -29,34 +29,6 @@ ASSET_CACHE_RESULTS = (
     "error",
 )
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-
-
-class FedGauge(Gauge):
-    """A gauge whose value a function gives (`set_function`), as the spool's and the asset
-    cache's are. In multiprocess mode a scrape reads the values other workers wrote to their
-    files, and a function is only called by its own process's registry: so each worker also
-    writes its function gauges' values out, every few seconds (`publish_fed_gauges`).
-
-    The spool's combine as the max over workers: each follows the one spool file, refreshed
-    every poll_interval, so the largest is the freshest count of what waits, and every scrape
-    shows the same whichever worker answers."""
-
-    def set_function(self, f: Callable[[], float]) -> None:
-        super().set_function(f)
-        if multiproc.active():
-            _FED.append((self, f))
-
-
-_FED: list[tuple[Gauge, Callable[[], float]]] = []
-
-
-def publish_fed_gauges() -> None:
-    """Write every function gauge's current value where other workers' scrapes read it."""
-    for gauge, value in _FED:
-        try:
-            Gauge.set(gauge, value())
-        except Exception:   # a broken reading must not stop the others (nor a scrape)
-            continue
 
 
 def status_class(status: int) -> str:
@@ -114,16 +86,16 @@ class Metrics:
             "mixpanel_proxy_in_flight_requests", "Client requests being handled.", registry=r,
             multiprocess_mode="livesum")
         # The durable spool (issue 6, proxy/spool/).
-        self.spool_entries = FedGauge(
+        self.spool_entries = Gauge(
             "mixpanel_proxy_spool_entries", "Requests stored and waiting to be sent upstream.",
             ("region",), registry=r,
             multiprocess_mode="livemax")
-        self.spool_bytes = FedGauge(
+        self.spool_bytes = Gauge(
             "mixpanel_proxy_spool_bytes", "Bytes held by the spool, by kind (live: waiting; "
             "dead: dead letters). Their sum is bounded by [spool] max_bytes.", ("kind",),
             registry=r,
             multiprocess_mode="livemax")
-        self.spool_oldest_age = FedGauge(
+        self.spool_oldest_age = Gauge(
             "mixpanel_proxy_spool_oldest_age_seconds", "Age of the oldest waiting request.",
             ("region",), registry=r,
             multiprocess_mode="livemax")
@@ -137,7 +109,7 @@ class Metrics:
             "mixpanel_proxy_spool_dead_lettered", "Stored requests moved to dead letter, by cause "
             "(upstream_4xx, upstream_refused, track_window, other_status).", ("region", "cause"),
             registry=r)
-        self.spool_dead_entries = FedGauge(
+        self.spool_dead_entries = Gauge(
             "mixpanel_proxy_spool_dead_entries", "Requests in the dead-letter table.", registry=r,
             multiprocess_mode="livemax")
         self.spool_refused = Counter(
@@ -188,11 +160,11 @@ class Metrics:
             "mixpanel_proxy_asset_cdn_failures", "CDN answers refused as broken or failed, by "
             "kind (status, content_type, html, truncated, too_large, empty, encoding, connect, "
             "timeout, protocol).", ("kind",), registry=r)
-        self.asset_cache_bytes = FedGauge(
+        self.asset_cache_bytes = Gauge(
             "mixpanel_proxy_asset_cache_bytes", "Bytes the bundle cache holds, every variant "
             "counted.", registry=r,
             multiprocess_mode="livesum")
-        self.asset_cache_entries = FedGauge(
+        self.asset_cache_entries = Gauge(
             "mixpanel_proxy_asset_cache_entries", "Bundle versions the cache holds.", registry=r,
             multiprocess_mode="livesum")
         for result in ASSET_CACHE_RESULTS:
@@ -205,10 +177,17 @@ class Metrics:
             "reason (target, method, framing, head).", ("reason",), registry=r)
         for reason in EDGE_HANDOVER_REASONS:
             self.edge_handovers.labels(reason)
+        self._publisher = multiproc.Publisher(self.registry, self._gauge_modes()) \
+            if multiproc.active() else None
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._routes: dict[tuple[str, str], RouteMeters] = {}
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason)   # exported at 0 from the start: rates need a base
+
+    def _gauge_modes(self) -> dict[str, str]:
+        """How each gauge combines over workers (the `multiprocess_mode` it was made with)."""
+        return {getattr(gauge, "_name", ""): getattr(gauge, "_multiprocess_mode", "all")
+                for gauge in vars(self).values() if isinstance(gauge, Gauge)}
 
     def count_request(self, endpoint: str, region: str, status: int) -> None:
         self.child(self.requests, endpoint, region, status_class(status)).inc()
@@ -238,13 +217,18 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The whole relay's view: every worker's, when several serve (ops/multiproc.py)."""
-        if multiproc.active():
-            publish_fed_gauges()      # this worker's freshest; the others' are seconds old
+        if self._publisher is not None:
+            self._publisher.publish()     # this worker exact, the others at most a second old
             return generate_latest(multiproc.aggregated_registry())
         return generate_latest(self.registry)
 
     def families(self) -> Iterable[Metric]:
         """The series a page shows, with the same scope as `exposition`."""
-        if multiproc.active():
-            publish_fed_gauges()
+        if self._publisher is not None:
+            self._publisher.publish()
         return multiproc.families(self.registry)
+
+    def publish(self) -> None:
+        """Copy this process's values to the shared directory (multiprocess mode only)."""
+        if self._publisher is not None:
+            self._publisher.publish()

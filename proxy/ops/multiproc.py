@@ -1,12 +1,18 @@
 """One view of the whole relay in `/metrics` and `/status`, however many workers serve.
 
-prometheus_client's multiprocess mode is the library's own answer: every process writes its
-values to memory-mapped files in one directory, and a scrape (answered by any worker) sums them.
-The supervisor prepares the directory before it forks, so every worker, and every later
-generation after a reload, writes there: counters are kept across reloads and dying workers (a
-dead worker's files stay and keep counting), and the supervisor's own series (config reloads)
-join them. Gauges say how they combine (`multiprocess_mode` in metrics.py); the `live*` ones
-drop a worker's values when the supervisor reports it dead.
+prometheus_client's multiprocess files are the format: each process's values in memory-mapped
+files in one directory, which a scrape (answered by any worker) combines with the library's
+`MultiProcessCollector`. The supervisor prepares the directory before it forks, so every worker,
+and every later generation after a reload, writes there: counters are kept across reloads and
+dying workers (a dead worker's files stay and keep counting), and the supervisor's own series
+(config reloads) join them. Gauges say how they combine (`multiprocess_mode` in metrics.py); the
+`live*` ones drop a worker's values when the supervisor reports it dead.
+
+Unlike the library's own multiprocess mode, a worker does not write on every increment (a lock
+and a file write, about 1 us per increment, several per request): its metrics stay plain
+in-memory values, and `Publisher` copies them to its files every second, at exit, and right
+before it answers a scrape. A scrape is thus exact for the worker answering and at most a second
+behind for the others; every worker's counters only grow, so their sum never goes backwards.
 
 A scrape also shows the processes themselves: the supervisor as the standard `process_*`
 series (its start time is the relay's uptime, unchanged by reloads), each live worker by pid,
@@ -19,25 +25,27 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, ProcessCollector, values
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from .. import __version__
 
 __all__ = [
-    "ENV", "BuildInfo", "active", "aggregated_registry", "enable", "families", "process_died",
-    "release",
+    "ENV", "PUBLISH_INTERVAL", "BuildInfo", "Publisher", "active", "aggregated_registry",
+    "enable", "families", "process_died", "release",
 ]
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-_pid = [os.getpid()]
+PUBLISH_INTERVAL = 1.0    # seconds between a worker's copies of its values to its files
 _given = [False]          # the directory came from $PROMETHEUS_MULTIPROC_DIR: not ours to remove
 
 
@@ -46,9 +54,8 @@ def active() -> bool:
 
 
 def enable() -> Path:
-    """In the supervisor, before any metric exists and before forking: a clean directory
-    (`$PROMETHEUS_MULTIPROC_DIR` if the operator set one, else under systemd's
-    `$RUNTIME_DIRECTORY`, else a new temporary one), and the multiprocess value class."""
+    """In the supervisor, before forking: a clean directory (`$PROMETHEUS_MULTIPROC_DIR` if the
+    operator set one, else under systemd's `$RUNTIME_DIRECTORY`, else a new temporary one)."""
     given = os.environ.get(ENV)
     _given[0] = bool(given)
     if given:
@@ -61,11 +68,6 @@ def enable() -> Path:
     for stale in directory.glob("*.db"):      # a previous run's counts are not this run's
         stale.unlink()
     os.environ[ENV] = str(directory)
-    # The library's default asks the OS for the pid on every increment, to notice a fork; a
-    # pid remembered and renewed at fork costs nothing on the request path.
-    os.register_at_fork(after_in_child=_renew_pid)
-    values.ValueClass = values.MultiProcessValue(  # type: ignore[no-untyped-call]
-        process_identifier=_cached_pid)
     return directory
 
 
@@ -83,14 +85,6 @@ def process_died(pid: int) -> None:
     mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-def _renew_pid() -> None:
-    _pid[0] = os.getpid()
-
-
-def _cached_pid() -> int:
-    return _pid[0]
-
-
 def aggregated_registry() -> CollectorRegistry:
     """What a scrape shows in multiprocess mode: every process's values combined, the
     supervisor's process series, each worker's, and the build."""
@@ -105,6 +99,65 @@ def aggregated_registry() -> CollectorRegistry:
 def families(registry: CollectorRegistry) -> Iterable[Metric]:
     """The families a page shows: the combined view in multiprocess mode, else `registry`."""
     return aggregated_registry().collect() if active() else registry.collect()
+
+
+class Publisher:
+    """Copies one process's registry to its files in the shared directory, in the layout
+    `MultiProcessCollector` reads: `counter_<pid>.db`, `histogram_<pid>.db` (buckets not
+    cumulative), `gauge_<mode>_<pid>.db`."""
+
+    def __init__(self, registry: CollectorRegistry, gauge_modes: Mapping[str, str]) -> None:
+        self._registry = registry
+        self._modes = gauge_modes
+        self._files: dict[str, MmapedDict] = {}
+        self._keys: dict[tuple[str, str, tuple[tuple[str, str], ...]], str] = {}
+
+    def publish(self) -> None:
+        now = time.time()
+        for family in self._registry.collect():
+            if family.type == "counter":
+                self._counter(family)
+            elif family.type == "gauge":
+                mode = self._modes.get(family.name, "all")
+                for sample in family.samples:
+                    self._write(f"gauge_{mode}", family, sample.name, sample.labels,
+                                sample.value, now)
+            elif family.type == "histogram":
+                self._histogram(family)
+
+    def close(self) -> None:
+        for file in self._files.values():
+            file.close()  # type: ignore[no-untyped-call]
+        self._files.clear()
+
+    def _counter(self, family: Metric) -> None:
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                self._write("counter", family, sample.name, sample.labels, sample.value)
+
+    def _histogram(self, family: Metric) -> None:
+        below: dict[tuple[tuple[str, str], ...], float] = {}    # cumulative count so far
+        for sample in family.samples:
+            if sample.name.endswith("_sum"):
+                self._write("histogram", family, sample.name, sample.labels, sample.value)
+            elif sample.name.endswith("_bucket"):
+                series = tuple((k, v) for k, v in sample.labels.items() if k != "le")
+                self._write("histogram", family, sample.name, sample.labels,
+                            sample.value - below.get(series, 0.0))
+                below[series] = sample.value
+
+    def _write(self, kind: str, family: Metric, name: str, labels: Mapping[str, str],
+               value: float, timestamp: float = 0.0) -> None:
+        cache = (family.name, name, tuple(labels.items()))
+        key = self._keys.get(cache)
+        if key is None:
+            key = self._keys[cache] = mmap_key(family.name, name, list(labels),
+                                               list(labels.values()), family.documentation)
+        file = self._files.get(kind)
+        if file is None:
+            path = Path(os.environ[ENV]) / f"{kind}_{os.getpid()}.db"
+            file = self._files[kind] = MmapedDict(str(path))  # type: ignore[no-untyped-call]
+        file.write_value(key, value, timestamp)  # type: ignore[no-untyped-call]
 
 
 class BuildInfo(Collector):

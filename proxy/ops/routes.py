@@ -27,7 +27,7 @@ from ..upstream.client import UpstreamClient
 from . import multiproc
 from .accesslog import request_facts
 from .health import Readiness, RegionHealth, directory_writable, probe_regions_forever
-from .metrics import CONTENT_TYPE_LATEST, Metrics, publish_fed_gauges
+from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .status import CSP, StatusBoard
 
 __all__ = [
@@ -154,8 +154,8 @@ def _background(config: Config, metrics: Metrics, health: RegionHealth, upstream
                 readiness: Readiness, board: StatusBoard) -> Context:
     async def context(app: web.Application) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(_every(_SAMPLE_INTERVAL, board.sample))]
-        if multiproc.active():   # the spool's and asset cache's gauges, for other workers' scrapes
-            tasks.append(asyncio.create_task(_every(_SAMPLE_INTERVAL, publish_fed_gauges)))
+        if multiproc.active():   # this worker's values, for the scrapes other workers answer
+            tasks.append(asyncio.create_task(_every(multiproc.PUBLISH_INTERVAL, metrics.publish)))
         if config.health.probe_interval > 0:
             tasks.append(asyncio.create_task(
                 probe_regions_forever(config, upstream, health, metrics)))
@@ -166,7 +166,7 @@ def _background(config: Config, metrics: Metrics, health: RegionHealth, upstream
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
+        metrics.publish()        # the last counts of a draining worker are kept
     return context
 
 

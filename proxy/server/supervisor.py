@@ -107,8 +107,10 @@ class Supervisor:
         self._wakeup_r, self._wakeup_w = os.pipe()
         # The supervisor's own series, summed with the workers' by the multiprocess collector
         # (the workers export the same family at 0, so it exists before the first reload).
+        registry = CollectorRegistry()
         self._reloads = Counter("mixpanel_proxy_config_reloads", "Config reloads, by result.",
-                                ("result",), registry=CollectorRegistry())
+                                ("result",), registry=registry)
+        self._publisher = multiproc.Publisher(registry, {})
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -268,7 +270,7 @@ class Supervisor:
                      f"(config: {config.source})")
             log.info("%d worker(s) serving", config.server.workers)
         else:
-            self._reloads.labels("ok").inc()
+            self._count_reload("ok")
             log.info("reloaded %s: %d worker(s) serving generation %d", config.source,
                      config.server.workers, generation)
         if self._reload_again:
@@ -287,7 +289,7 @@ class Supervisor:
             self._exit_code = 1
             self._stop(force=False)
         else:
-            self._reloads.labels("error").inc()
+            self._count_reload("error")
             log.error("reload abandoned: the previous config keeps serving")
 
     def _reload(self) -> None:
@@ -297,7 +299,7 @@ class Supervisor:
         try:
             config = load_config(self._path)
         except ConfigError as exc:
-            self._reloads.labels("error").inc()
+            self._count_reload("error")
             log.error("reload refused: %s has problems; the previous config keeps serving",
                       self._path or "the embedded default")
             for problem in exc.problems:
@@ -311,6 +313,11 @@ class Supervisor:
                         "restart", host, port)
         log.info("reloading %s", config.source)
         self._start_generation(config)
+
+    def _count_reload(self, result: str) -> None:
+        self._reloads.labels(result).inc()
+        if multiproc.active():
+            self._publisher.publish()
 
     def _stop(self, force: bool) -> None:
         if force:
