@@ -85,7 +85,9 @@ class Metrics:
         self.in_flight = Gauge(
             "mixpanel_proxy_in_flight_requests", "Client requests being handled.", registry=r,
             multiprocess_mode="livesum")
-        # The durable spool (issue 6, proxy/spool/).
+        # The durable spool (issue 6, proxy/spool/). Each worker follows the one spool file
+        # (refreshed every poll_interval): over workers the gauges combine as the max, the
+        # freshest count, the same whichever worker a scrape reaches.
         self.spool_entries = Gauge(
             "mixpanel_proxy_spool_entries", "Requests stored and waiting to be sent upstream.",
             ("region",), registry=r,
