@@ -26,12 +26,14 @@ class RecordingBackend:
     def __init__(self) -> None:
         self.heads: list[bytes] = []
         self.server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         return int(self.server.sockets[0].getsockname()[1])
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
             for _ in range(1000):           # bounded: one keep-alive connection's requests
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -46,9 +48,13 @@ class RecordingBackend:
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
         finally:
+            self._writers.discard(writer)
             writer.close()
 
     async def stop(self) -> None:
+        for writer in list(self._writers):   # nginx's idle keep-alive connections
+            writer.close()
+        await asyncio.sleep(0)
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
