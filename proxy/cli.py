@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 
 from . import __version__
 from .assets.snippet import add_snippet_command, run_snippet
 from .config import CONFIG_ENV, Config, ConfigError, config_path_from_env, load_config
+from .config.crosscheck import deployment_problems
 from .ops import online
+from .ops.logs import setup_logging
 from .server import supervisor
 from .spool import admin as spool_admin
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_help = f"TOML config file (default: ${CONFIG_ENV}, else the embedded default)"
     serve = commands.add_parser("serve", help="run the relay")
     serve.add_argument("--config", help=config_help)
+    serve.add_argument("--pid-file", help="write the supervisor's pid here while it runs")
     check = commands.add_parser("check", help="validate a config file; exit 2 on problems")
     check.add_argument("--config", help=config_help)
     check.add_argument("--online", action="store_true",
@@ -47,13 +49,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check":
+        problems = deployment_problems(config)
+        if problems:
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            return EXIT_CONFIG
         print(f"{config.source}: ok")
         return check_online(config) if args.online else 0
     if args.command == "snippet":
         return run_snippet(config, args)
     if args.command == "spool":
         return spool_admin.run(args.action, config, args.all)
-    return serve(config, path)
+    return serve(config, path, args.pid_file)
 
 
 def check_online(config: Config) -> int:
@@ -64,11 +71,11 @@ def check_online(config: Config) -> int:
     return 0 if all(report.ok for report in reports) else EXIT_UNREACHABLE
 
 
-def serve(config: Config, path: str | None = None) -> int:
+def serve(config: Config, path: str | None = None, pid_file: str | None = None) -> int:
     """Bind, fork `[server] workers` processes, supervise them (SIGHUP reloads `path`)."""
-    logging.basicConfig(level=config.log.level.upper(), format="%(message)s")
+    setup_logging(config.log)
     spool_problem = spool_admin.preflight(config)
     if spool_problem is not None:   # never serve without the spool the config asks for
         print(spool_problem, file=sys.stderr)
         return EXIT_SPOOL
-    return supervisor.serve(config, path)
+    return supervisor.serve(config, path, pid_file)

@@ -16,7 +16,7 @@ from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form, event
 
 FIELDS = {"time", "method", "endpoint", "region", "status", "reason", "bytes_in", "bytes_out",
-          "duration_ms", "upstream_ms", "client_ip", "path"}
+          "duration_ms", "upstream_ms", "client_ip", "path", "outcome"}
 
 
 def lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
@@ -34,14 +34,14 @@ async def test_one_line_per_request_with_sizes_durations_and_region(
     response = await client.post("/track?verbose=1", data=body,
                                  headers={**FORM, "X-Forwarded-For": "203.0.113.77"})
     answer = await response.read()
-    await client.get("/healthz")                      # probes and scrapes are not logged
-    await client.get("/metrics")
+    await client.get("/healthz")                      # passing probes are not logged
     [line] = lines(caplog)
     assert set(line) == FIELDS
     assert line["method"] == "POST"
     assert (line["endpoint"], line["region"], line["status"]) == ("track", "eu", 200)
     assert (line["bytes_in"], line["bytes_out"]) == (len(body), len(answer))
-    assert line["reason"] == "" and line["path"] == ""
+    assert line["reason"] == "" and line["path"] == "/track"
+    assert line["outcome"] == "forwarded"
     assert 50 <= line["upstream_ms"] <= line["duration_ms"]
     assert line["client_ip"] == "203.0.113.0"        # truncated to its /24 by default
     assert line["time"].endswith("Z")

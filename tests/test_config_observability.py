@@ -22,7 +22,7 @@ def test_defaults() -> None:
     assert (config.log.level, config.log.access, config.log.client_ip) == ("info", True,
                                                                            "truncated")
     assert (config.health.probe_interval, config.health.max_age) == (15.0, 60.0)
-    assert config.health.regions == ("us", "eu", "in")
+    assert config.health.regions == ("us",)     # the routed regions: default_region alone
     assert config.metrics.listen is None
     assert parse_config({"metrics": {"listen": "0.0.0.0:9090"}}).metrics.listen == ("0.0.0.0",
                                                                                     9090)
@@ -32,7 +32,7 @@ def test_defaults() -> None:
     ({"log": {"level": "loud"}}, "log.level: must be one of debug, info, warning, error"),
     ({"log": {"access": "yes"}}, "log.access: expected true or false"),
     ({"log": {"client_ip": "hashed"}}, "log.client_ip: must be one of full, truncated, omitted"),
-    ({"log": {"format": "json"}}, "log.format: unknown key"),
+    ({"log": {"format": "xml"}}, "log.format: must be one of text, json"),
     ({"health": {"probe_path": "health"}}, "health.probe_path: expected a path such as /"),
     ({"health": {"regions": ["us", "mars"]}}, "health.regions: unknown region 'mars'"),
     ({"health": {"probe_interval": -1}}, "health.probe_interval: must be at least 0"),
@@ -48,8 +48,8 @@ def test_errors_name_the_key(data: dict[str, Any], expected: str) -> None:
 def test_the_example_file_holds_every_key() -> None:
     text = (Path(__file__).parent.parent / "config.example.toml").read_text(encoding="utf-8")
     data = tomllib.loads(text)
-    assert set(data["log"]) == {"level", "access", "client_ip"}
+    assert set(data["log"]) == {"level", "access", "client_ip", "format"}
     assert set(data["health"]) == {"probe_interval", "probe_path", "probe_timeout", "max_age",
-                                   "regions"}
+                                   "regions", "require_regions"}
     assert "# listen = " in text
     parse_config(data)

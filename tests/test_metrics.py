@@ -107,12 +107,13 @@ async def test_scrapes_only_from_allowed_peers(make_relay: RelayFactory) -> None
     client = await make_relay({"metrics": {"allow": ["10.0.0.0/8"]}})
     for path in ("/metrics", "/status"):
         response = await client.get(path)
-        assert response.status == 404
-        assert await response.json() == {"status": 0, "error": "no such endpoint"}
+        assert response.status == 403      # refused, said as such: not a typo's 404
+        assert await response.json() == {
+            "status": 0, "error": f"{path} is served only to [metrics] allow addresses"}
     # Both refusals were counted (read through the registry: this relay lets nobody scrape).
     registry = client.app[METRICS_KEY].registry
     assert registry.get_sample_value("mixpanel_proxy_rejections_total",
-                                     {"reason": "not_found"}) == 2
+                                     {"reason": "ops_refused"}) == 2
 
 
 async def test_separate_listener_serves_scrapes_instead_of_the_main_one(

@@ -163,7 +163,7 @@ def test_config_problems_name_the_key() -> None:
     for expected in ("privacy.drop_properties: 'time' is never altered",
                      "privacy.drop_properties: a property name cannot be empty",
                      "privacy.redact_patterns[0]: '(' is not a valid regular expression",
-                     "privacy.redact_patterns[1]: '.*' matches the empty string",
+                     "privacy.redact_patterns[1]: '.*' can match the empty string",
                      "privacy.ip: must be one of full, truncated, omitted, got 'hashed'",
                      "privacy.ipv4_prefix: must be at most 32", "privacy.colour: unknown key",
                      "payload.insert_id: must be one of when_rewriting, always, never",

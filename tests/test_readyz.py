@@ -1,4 +1,5 @@
-"""/readyz: ready only with the config loaded, the spool writable and every region reachable."""
+"""/readyz: ready with the config loaded and the spool writable; regions reported, and required
+only when `[health] require_regions` asks (see tests/test_ops_private.py for the default)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from tests.conftest import EU_TOKEN, IN_TOKEN, US_TOKEN, RelayFactory
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form, event
 
-PROBING = {"health": {"probe_interval": 0.05, "probe_timeout": 0.5, "max_age": 0}}
-TRAFFIC_ONLY = {"health": {"probe_interval": 0, "max_age": 0}}
+ALL = {"regions": ["us", "eu", "in"], "require_regions": True}
+PROBING = {"health": {"probe_interval": 0.05, "probe_timeout": 0.5, "max_age": 0, **ALL}}
+TRAFFIC_ONLY = {"health": {"probe_interval": 0, "max_age": 0, **ALL}}
 TOKENS = {"us": US_TOKEN, "eu": EU_TOKEN, "in": IN_TOKEN}
 
 
@@ -94,7 +96,8 @@ async def test_flips_with_real_traffic_alone(
 async def test_an_upstream_5xx_counts_as_not_serving(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream]) -> None:
     client = await make_relay({**TRAFFIC_ONLY, "health": {"probe_interval": 0, "max_age": 0,
-                                                          "regions": ["us"]}})
+                                                          "regions": ["us"],
+                                                          "require_regions": True}})
     upstreams["us"].answer(502, b"bad gateway")
     assert await send(client, "us") == 503
     status, body = await readyz(client)
@@ -140,7 +143,8 @@ async def test_other_peers_learn_only_the_verdict(make_relay: RelayFactory) -> N
     client = await make_relay({**TRAFFIC_ONLY, "metrics": {"allow": ["10.0.0.0/8"]}})
     status, body = await readyz(client)
     assert status == 503
-    assert body == {"ready": False, "failed": ["region.us", "region.eu", "region.in"]}
+    regions = ["region.us", "region.eu", "region.in"]
+    assert body == {"ready": False, "failed": regions, "unreachable": ["us", "eu", "in"]}
     liveness = await client.get("/healthz")
     assert (liveness.status, await liveness.json()) == (200, {"status": "ok"})
 

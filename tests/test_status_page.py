@@ -83,7 +83,8 @@ async def traffic(client: Any, upstreams: dict[str, FakeUpstream]) -> None:
 
 async def test_status_page_renders_regions_requests_and_components(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
-    client = await make_relay({"health": {"probe_interval": 0, "max_age": 0}}, projects=True)
+    client = await make_relay({"health": {"probe_interval": 0, "max_age": 0,
+                                          "require_regions": True}}, projects=True)
     board = client.app[STATUS_BOARD_KEY]
     board.sample()
     await traffic(client, upstreams)

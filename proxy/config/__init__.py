@@ -15,6 +15,7 @@ from typing import Any
 
 from .assets import AssetsConfig, parse_assets
 from .coalesce import CoalesceConfig, parse_coalesce
+from .crosscheck import with_routed_health_regions
 from .health import HealthConfig, parse_health
 from .log import LogConfig, parse_log
 from .payload import PayloadConfig, parse_payload
@@ -100,14 +101,13 @@ def parse_config(data: dict[str, Any], source: str = "(embedded default)") -> Co
         source=source,
     )
     root.finish()
-    if config.server.workers > 1 and config.metrics.listen is not None:
-        # Each worker would bind the metrics listener itself; only the first would succeed.
-        problems.append("metrics.listen: cannot be used with [server] workers > 1; leave it "
-                        "unset (the main listener serves /metrics) or run one worker")
+    if config.health.require_regions and config.spool.enabled:
+        problems.append("health.require_regions: cannot be used with [spool] enabled: the spool "
+                        "takes the traffic of a region that is down, so the relay stays ready")
     problems.extend(_redis_users_problems(config))
     if problems:
         raise ConfigError(problems)
-    return config
+    return with_routed_health_regions(config)
 
 
 def _redis_users_problems(config: Config) -> list[str]:

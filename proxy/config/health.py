@@ -14,7 +14,9 @@ class HealthConfig:
     probe_path: str = "/"                # GET <region url><probe_path>; any non-5xx answer is up
     probe_timeout: float = 5.0           # seconds a probe may take
     max_age: float = 60.0                # a region's latest success must be this recent; 0: any
-    regions: tuple[str, ...] = REGIONS   # the regions /readyz requires
+    regions: tuple[str, ...] = REGIONS   # the regions probed and reported by /readyz
+    regions_given: bool = False          # False: the config's routed regions (see routed_regions)
+    require_regions: bool = False        # an unreachable region fails /readyz (spool off only)
 
 
 def parse_health(reader: TableReader) -> HealthConfig:
@@ -34,6 +36,8 @@ def parse_health(reader: TableReader) -> HealthConfig:
         probe_timeout=reader.number("probe_timeout", 5.0, minimum=0.01),
         max_age=reader.number("max_age", 60.0, minimum=0),
         regions=regions,
+        regions_given=reader.has("regions"),
+        require_regions=reader.boolean("require_regions", False),
     )
     if config.max_age and config.max_age < config.probe_interval:
         reader.problem("max_age", f"must be at least probe_interval ({config.probe_interval}), "

@@ -9,6 +9,7 @@ from .reader import TableReader
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 CLIENT_IP_POLICIES: Final = ("full", "truncated", "omitted")
+LOG_FORMATS: Final = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class LogConfig:
     level: str = "info"                  # the process's log level
     access: bool = True                  # one JSON line per request on `mixpanel_proxy.access`
     client_ip: str = "truncated"         # full | truncated (/24, /48) | omitted, in access logs
+    format: str = "text"                 # text | json: every line one JSON object with time, level
 
 
 def parse_log(reader: TableReader) -> LogConfig:
@@ -23,6 +25,7 @@ def parse_log(reader: TableReader) -> LogConfig:
         level=reader.string("level", "info", choices=LOG_LEVELS),
         access=reader.boolean("access", True),
         client_ip=reader.string("client_ip", "truncated", choices=CLIENT_IP_POLICIES),
+        format=reader.string("format", "text", choices=LOG_FORMATS),
     )
     reader.finish()
     return config

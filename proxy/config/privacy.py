@@ -70,9 +70,22 @@ def _patterns(reader: TableReader) -> tuple[re.Pattern[str], ...]:
         except re.error as exc:
             reader.problem(where, f"{text!r} is not a valid regular expression ({exc})")
             continue
-        if pattern.search(""):
-            reader.problem(where, f"{text!r} matches the empty string, so it would redact "
-                                  "everything")
+        if matches_empty(pattern):
+            reader.problem(where, f"{text!r} can match the empty string (a boundary, a "
+                                  "lookaround, an optional part), so it would insert the marker "
+                                  "between characters instead of replacing what it was meant for")
             continue
         patterns.append(pattern)
     return tuple(patterns)
+
+
+# Values a pattern is tried on: words, an email, digits, punctuation, spaces, non-ASCII. A pattern
+# that matches zero characters anywhere in them (`\b`, `(?=@)`, `x*`) would be applied at every
+# such position of every string; "" alone misses all of those.
+_EMPTY_MATCH_PROBES = ("", "a", "word", "two words", "user@example.com", "+1 (555) 010-9999",
+                       "1234", "a.b-c_d", "  ", "é", "\n")
+
+
+def matches_empty(pattern: re.Pattern[str]) -> bool:
+    return any(match.start() == match.end()
+               for sample in _EMPTY_MATCH_PROBES for match in pattern.finditer(sample))

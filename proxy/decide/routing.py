@@ -134,8 +134,10 @@ class Router:
         if self._strict:
             if token in TELEMETRY_TOKENS:
                 return _LOCAL
-            shown = f"token {token[:6]}…" if token else "no project token"
-            raise UnknownToken(f"{shown} is not a project this relay serves")
+            if not token:   # said as such: "no project token is not a project ..." read oddly
+                raise UnknownToken("the request names no project token, and strict mode serves "
+                                   "only listed projects: not a project this relay serves")
+            raise UnknownToken(f"token {token[:6]}… is not a project this relay serves")
         return fallback
 
     def _plan_by_header_token(self, request: RoutedRequest, fallback: str) -> Plan:

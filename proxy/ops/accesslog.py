@@ -28,8 +28,8 @@ from ..relay.incoming import Incoming
 from .metrics import Metrics
 
 __all__ = [
-    "ACCESS_LOGGER", "AccessRecorder", "RequestFacts", "access_middleware", "asset_prefixes",
-    "ip_policy", "request_facts",
+    "ACCESS_LOGGER", "OPS_ENDPOINT", "AccessRecorder", "RequestFacts", "access_middleware",
+    "asset_prefixes", "ip_policy", "request_facts",
 ]
 
 ACCESS_LOGGER = logging.getLogger("mixpanel_proxy.access")
@@ -39,9 +39,9 @@ Anonymizer = Callable[[str], str]
 # Turns aiohttp's own refusals (HTTPException from its router) into the relay's JSON answers.
 Refusal = Callable[[web.Request, web.HTTPException], web.StreamResponse]
 
+OPS_ENDPOINT = "ops"
 _MAX_PATH = 96            # unmatched paths are logged cut short: they are client-chosen text
 _V6_48 = ((1 << 48) - 1) << 80
-_PATHS_LOGGED = frozenset({"none", "assets"})   # where the endpoint name alone says too little
 
 
 @dataclass(slots=True)
@@ -52,9 +52,19 @@ class RequestFacts:
     reason: str = ""              # why the relay refused the request itself
     request_bytes: int = -1       # the body as read; -1: not read (Content-Length is logged)
     upstream_seconds: float = 0.0  # the slowest upstream exchange (split parts run in parallel)
+    # What became of the data: "forwarded" (the upstream's final answer), "stored" (in the
+    # durable spool: the client got its success answer, a drainer delivers it later), both
+    # joined by "+" for a batch split across regions, "" when neither (refused, or failed).
+    outcome: str = ""
 
     def upstream_took(self, seconds: float) -> None:
         self.upstream_seconds = max(self.upstream_seconds, seconds)
+
+    def note(self, outcome: str) -> None:
+        if not self.outcome:
+            self.outcome = outcome
+        elif outcome not in self.outcome.split("+"):
+            self.outcome = f"{self.outcome}+{outcome}"
 
     def add_region(self, region: str) -> None:
         self.region = region if self.region == "-" else f"{self.region}+{region}"
@@ -140,11 +150,10 @@ class AccessRecorder:
         _current.reset(token)
         if facts.endpoint == "none" and self._assets and request.path.startswith(self._assets):
             facts.endpoint = "assets"
-        counter = self._response_bytes.get(facts.endpoint)
-        if counter is None:
-            counter = self._response_bytes[facts.endpoint] = \
-                self._metrics.response_bytes.labels(facts.endpoint)
-        counter.inc(size)
+        if facts.endpoint != OPS_ENDPOINT:   # probes and scrapes are not client traffic
+            self._count_bytes(facts.endpoint, size)
+        elif _routine_probe(request.path, status):
+            return
         if self._log_enabled and ACCESS_LOGGER.isEnabledFor(logging.INFO):
             line = access_line(request, facts, status, size, time.perf_counter() - started,
                                self._anonymize)
@@ -153,10 +162,24 @@ class AccessRecorder:
             ACCESS_LOGGER.handle(logging.LogRecord(
                 ACCESS_LOGGER.name, logging.INFO, __file__, 0, line, None, None))
 
+    def _count_bytes(self, endpoint: str, size: int) -> None:
+        counter = self._response_bytes.get(endpoint)
+        if counter is None:
+            counter = self._response_bytes[endpoint] = self._metrics.response_bytes.labels(endpoint)
+        counter.inc(size)
 
-def access_middleware(recorder: AccessRecorder, quiet_paths: Collection[str],
+
+def _routine_probe(path: str, status: int) -> bool:
+    """A passing liveness or readiness probe: a load balancer's heartbeat, every few seconds
+    from every balancer; the log keeps scrapes, refusals and probes that failed."""
+    return path == "/healthz" or (path == "/readyz" and status == 200)
+
+
+def access_middleware(recorder: AccessRecorder, ops_paths: Collection[str],
                       refuse: Refusal | None = None) -> Middleware:
-    """The recorder around every aiohttp-served request; `quiet_paths` (probes, scrapes) skip it.
+    """The recorder around every aiohttp-served request. `ops_paths` (probes, scrapes) are
+    logged as endpoint `ops` and kept out of the byte counts: an operator reading the log sees
+    who scraped (or was refused), and the traffic metrics stay the clients'.
 
     `refuse` answers aiohttp's own refusals (one middleware doing both: every middleware layer
     costs each request a wrapper call).
@@ -164,14 +187,9 @@ def access_middleware(recorder: AccessRecorder, quiet_paths: Collection[str],
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in quiet_paths:
-            try:
-                return await handler(request)
-            except web.HTTPException as exc:
-                if refuse is None:
-                    raise
-                return refuse(request, exc)
         facts, token = recorder.open()
+        if request.path in ops_paths:
+            facts.endpoint = OPS_ENDPOINT
         started = time.perf_counter()
         status = 500
         size = 0
@@ -194,7 +212,7 @@ def access_middleware(recorder: AccessRecorder, quiet_paths: Collection[str],
 def access_line(request: Incoming, facts: RequestFacts, status: int, size: int,
                 elapsed: float, anonymize: Anonymizer) -> str:
     """One JSON object. Closed-set values are written directly; client-chosen text is escaped."""
-    path = json.dumps(request.path[:_MAX_PATH]) if facts.endpoint in _PATHS_LOGGED else '""'
+    path = json.dumps(request.path[:_MAX_PATH])
     client_ip = anonymize(facts.client_ip or request.remote or "")
     # The method is an HTTP token (aiohttp's parser guarantees it): no quote or backslash.
     return (
@@ -203,7 +221,7 @@ def access_line(request: Incoming, facts: RequestFacts, status: int, size: int,
         f'"reason":"{facts.reason}","bytes_in":{_bytes_in(request, facts)},'
         f'"bytes_out":{size},"duration_ms":{elapsed * 1000:.2f},'
         f'"upstream_ms":{facts.upstream_seconds * 1000:.2f},'
-        f'"client_ip":{json.dumps(client_ip)},"path":{path}}}'
+        f'"client_ip":{json.dumps(client_ip)},"path":{path},"outcome":"{facts.outcome}"}}'
     )
 
 

@@ -120,11 +120,20 @@ class RegionHealth:
 
 
 class Readiness:
-    """Named checks, all of which must pass; `/readyz` reports each one."""
+    """Named checks, all of which must pass; `/readyz` reports each one.
 
-    def __init__(self, health: RegionHealth, regions: Iterable[str], metrics: Metrics) -> None:
+    Ready means "can accept and keep traffic": the config is loaded, the spool (when on) takes
+    writes, and the listener answered this very request. Region health is reported under
+    `regions` but fails readiness only when `gate_regions` (`[health] require_regions`, which
+    `check` allows only with the spool off): during a region outage every pod sees the same
+    outage, and refusing them all at once would turn a partial failure into a total one.
+    """
+
+    def __init__(self, health: RegionHealth, regions: Iterable[str], metrics: Metrics,
+                 gate_regions: bool = False) -> None:
         self.health = health
         self._regions = tuple(regions)
+        self._gate_regions = gate_regions
         self._metrics = metrics
         self._config_source: str | None = None
         self._checks: dict[str, Check] = {}
@@ -138,21 +147,27 @@ class Readiness:
 
     async def evaluate(self) -> tuple[bool, dict[str, Any]]:
         results: dict[str, CheckResult] = {"config": self._config_check()}
-        for region in self._regions:
-            results[f"region.{region}"] = self.health.verdict(region)
+        regions = {region: self.health.verdict(region) for region in self._regions}
+        if self._gate_regions:
+            results.update((f"region.{region}", verdict) for region, verdict in regions.items())
         for name, check in self._checks.items():
             results[name] = await _run_check(check)
         failed = [name for name, result in results.items() if not result.ok]
         ready = not failed
         self._metrics.ready.set(1 if ready else 0)
         body = {"ready": ready, "failed": failed,
-                "checks": {name: {"ok": r.ok, "detail": r.detail} for name, r in results.items()}}
+                "checks": _described(results), "regions": _described(regions),
+                "unreachable": [region for region, verdict in regions.items() if not verdict.ok]}
         return ready, body
 
     def _config_check(self) -> CheckResult:
         if self._config_source is None:
             return CheckResult(False, "the config is not loaded yet")
         return CheckResult(True, f"loaded from {self._config_source}")
+
+
+def _described(results: dict[str, CheckResult]) -> dict[str, dict[str, Any]]:
+    return {name: {"ok": result.ok, "detail": result.detail} for name, result in results.items()}
 
 
 def directory_writable(path: str | os.PathLike[str]) -> Check:

@@ -6,11 +6,15 @@ rejection reasons. Never a path, token, IP or query.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import Metric
+
+from . import multiproc
 
 T = TypeVar("T", Counter, Gauge, Histogram)
 
@@ -18,7 +22,7 @@ __all__ = ["Metrics", "CONTENT_TYPE_LATEST", "REJECTION_REASONS"]
 
 REJECTION_REASONS = (
     "limit", "bad_payload", "unknown_token", "not_found", "method", "cors", "bad_request",
-    "rate_limit", "mixed_import",
+    "rate_limit", "mixed_import", "ops_refused",
 )
 ASSET_CACHE_RESULTS = (
     "hit", "miss", "expired", "coalesced", "stale", "stale_error", "revalidated", "updated",
@@ -45,6 +49,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        if not multiproc.active():   # in multiprocess mode the scrape adds these (multiproc.py)
+            ProcessCollector(registry=r)
+            r.register(multiproc.BuildInfo())
         self.requests = Counter(
             "mixpanel_proxy_requests", "Client requests answered, by endpoint, region and status "
             "class.", ("endpoint", "region", "status"), registry=r)
@@ -80,18 +87,24 @@ class Metrics:
             "tokens that a strict relay answered itself and did not forward.", ("endpoint",),
             registry=r)
         self.in_flight = Gauge(
-            "mixpanel_proxy_in_flight_requests", "Client requests being handled.", registry=r)
-        # The durable spool (issue 6, proxy/spool/).
+            "mixpanel_proxy_in_flight_requests", "Client requests being handled.", registry=r,
+            multiprocess_mode="livesum")
+        # The durable spool (issue 6, proxy/spool/). Each worker follows the one spool file
+        # (refreshed every poll_interval): over workers the gauges combine as the max, the
+        # freshest count, the same whichever worker a scrape reaches.
         self.spool_entries = Gauge(
             "mixpanel_proxy_spool_entries", "Requests stored and waiting to be sent upstream.",
-            ("region",), registry=r)
+            ("region",), registry=r,
+            multiprocess_mode="livemax")
         self.spool_bytes = Gauge(
             "mixpanel_proxy_spool_bytes", "Bytes held by the spool, by kind (live: waiting; "
             "dead: dead letters). Their sum is bounded by [spool] max_bytes.", ("kind",),
-            registry=r)
+            registry=r,
+            multiprocess_mode="livemax")
         self.spool_oldest_age = Gauge(
             "mixpanel_proxy_spool_oldest_age_seconds", "Age of the oldest waiting request.",
-            ("region",), registry=r)
+            ("region",), registry=r,
+            multiprocess_mode="livemax")
         self.spool_stored = Counter(
             "mixpanel_proxy_spool_stored", "Requests stored (durably) by the spool.",
             ("region", "endpoint"), registry=r)
@@ -103,7 +116,8 @@ class Metrics:
             "(upstream_4xx, upstream_refused, track_window, other_status).", ("region", "cause"),
             registry=r)
         self.spool_dead_entries = Gauge(
-            "mixpanel_proxy_spool_dead_entries", "Requests in the dead-letter table.", registry=r)
+            "mixpanel_proxy_spool_dead_entries", "Requests in the dead-letter table.", registry=r,
+            multiprocess_mode="livemax")
         self.spool_refused = Counter(
             "mixpanel_proxy_spool_refused", "Requests the spool could not take (full, "
             "write_error): the client got 503.", ("reason",), registry=r)
@@ -120,22 +134,26 @@ class Metrics:
             "upstream.", ("endpoint", "region"), registry=r)
         self.region_up = Gauge(
             "mixpanel_proxy_region_up", "1 when the region's latest upstream exchange or probe "
-            "got an answer, 0 when it failed.", ("region",), registry=r)
+            "got an answer, 0 when it failed.", ("region",), registry=r,
+            multiprocess_mode="livemostrecent")
         self.region_last_success = Gauge(
             "mixpanel_proxy_region_last_success_timestamp_seconds", "Unix time of the region's "
-            "latest successful upstream exchange or probe.", ("region",), registry=r)
+            "latest successful upstream exchange or probe.", ("region",), registry=r,
+            multiprocess_mode="max")
         self.probes = Counter(
             "mixpanel_proxy_region_probes", "Background reachability probes, by region and "
             "result (ok, failed).", ("region", "result"), registry=r)
         self.ready = Gauge(
             "mixpanel_proxy_ready", "1 when /readyz answers ready at its latest evaluation.",
-            registry=r)
+            registry=r,
+            multiprocess_mode="livemin")
         self.config_reloads = Counter(
             "mixpanel_proxy_config_reloads", "Config reloads, by result (ok, error).",
             ("result",), registry=r)
         self.config_loaded = Gauge(
             "mixpanel_proxy_config_loaded_timestamp_seconds", "Unix time the running config "
-            "was loaded.", registry=r)
+            "was loaded.", registry=r,
+            multiprocess_mode="max")
         for result in ("ok", "error"):
             self.config_reloads.labels(result)
         self.config_loaded.set_to_current_time()
@@ -150,9 +168,11 @@ class Metrics:
             "timeout, protocol).", ("kind",), registry=r)
         self.asset_cache_bytes = Gauge(
             "mixpanel_proxy_asset_cache_bytes", "Bytes the bundle cache holds, every variant "
-            "counted.", registry=r)
+            "counted.", registry=r,
+            multiprocess_mode="livesum")
         self.asset_cache_entries = Gauge(
-            "mixpanel_proxy_asset_cache_entries", "Bundle versions the cache holds.", registry=r)
+            "mixpanel_proxy_asset_cache_entries", "Bundle versions the cache holds.", registry=r,
+            multiprocess_mode="livesum")
         for result in ASSET_CACHE_RESULTS:
             self.asset_cache.labels(result)
         # The lean edge (server/edge/): connections handed to aiohttp, by what made the request
@@ -163,10 +183,17 @@ class Metrics:
             "reason (target, method, framing, head).", ("reason",), registry=r)
         for reason in EDGE_HANDOVER_REASONS:
             self.edge_handovers.labels(reason)
+        self._publisher = multiproc.Publisher(self.registry, self._gauge_modes()) \
+            if multiproc.active() else None
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._routes: dict[tuple[str, str], RouteMeters] = {}
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason)   # exported at 0 from the start: rates need a base
+
+    def _gauge_modes(self) -> dict[str, str]:
+        """How each gauge combines over workers (the `multiprocess_mode` it was made with)."""
+        return {getattr(gauge, "_name", ""): getattr(gauge, "_multiprocess_mode", "all")
+                for gauge in vars(self).values() if isinstance(gauge, Gauge)}
 
     def count_request(self, endpoint: str, region: str, status: int) -> None:
         self.child(self.requests, endpoint, region, status_class(status)).inc()
@@ -195,4 +222,19 @@ class Metrics:
         self.rejections.labels(reason).inc()
 
     def exposition(self) -> bytes:
+        """The whole relay's view: every worker's, when several serve (ops/multiproc.py)."""
+        if self._publisher is not None:
+            self._publisher.publish()     # this worker exact, the others at most a second old
+            return generate_latest(multiproc.aggregated_registry())
         return generate_latest(self.registry)
+
+    def families(self) -> Iterable[Metric]:
+        """The series a page shows, with the same scope as `exposition`."""
+        if self._publisher is not None:
+            self._publisher.publish()
+        return multiproc.families(self.registry)
+
+    def publish(self) -> None:
+        """Copy this process's values to the shared directory (multiprocess mode only)."""
+        if self._publisher is not None:
+            self._publisher.publish()

@@ -17,6 +17,7 @@ from prometheus_client import Metric
 
 from .. import __version__
 from ..config import Config
+from . import multiproc
 from .health import Readiness, RegionState
 from .metrics import Metrics
 
@@ -64,7 +65,7 @@ class StatusBoard:
 
     async def render(self) -> str:
         ready, verdict = await self._readiness.evaluate()
-        families = {metric.name: metric for metric in self._metrics.registry.collect()}
+        families = {metric.name: metric for metric in self._metrics.families()}
         parts = [
             _head(ready),
             self._summary(ready, verdict, families),
@@ -82,7 +83,11 @@ class StatusBoard:
 
     def _request_totals(self) -> dict[str, float]:
         totals: dict[str, float] = {}
-        for metric in self._metrics.requests.collect():
+        requests = self._metrics.requests.collect()
+        if multiproc.active():     # every worker's requests, not only this one's
+            requests = [family for family in self._metrics.families()
+                        if family.name == "mixpanel_proxy_requests"]
+        for metric in requests:
             for sample in metric.samples:
                 if sample.name.endswith("_total"):
                     endpoint = sample.labels["endpoint"]
@@ -91,7 +96,11 @@ class StatusBoard:
 
     def _summary(self, ready: bool, verdict: Mapping[str, object],
                  families: Mapping[str, Metric]) -> str:
-        uptime = self._clock() - self._started
+        # With the supervisor (multiprocess mode) the relay's uptime is the supervisor's, which a
+        # reload does not reset; this worker's own start would be the last reload.
+        started = families.get("process_start_time_seconds") if multiproc.active() else None
+        since = started.samples[0].value if started and started.samples else self._started
+        uptime = self._clock() - since
         failed = ", ".join(str(name) for name in _as_list(verdict.get("failed")))
         rows = [("version", __version__), ("config", self._config.source),
                 ("uptime", age_text(uptime)), ("ready", "yes" if ready else f"no ({failed})"),
@@ -129,16 +138,20 @@ class StatusBoard:
                 status = sample.labels["status"]
                 by_status[status] = by_status.get(status, 0.0) + sample.value
         rates = self.rates()
+        stored = _stored_by_endpoint(families.get("mixpanel_proxy_spool_stored"))
         rows = []
         for endpoint in sorted(counts):
             by_status = counts[endpoint]
             cells = "".join(f"<td>{by_status.get(cls, 0):g}</td>" for cls in ("2xx", "4xx", "5xx"))
             rate = f"{rates[endpoint]:.2f}" if endpoint in rates else "–"
             rows.append(f'<tr data-endpoint="{escape(endpoint)}"><td>{escape(endpoint)}</td>'
-                        f"<td>{sum(by_status.values()):g}</td>{cells}<td>{rate}</td></tr>")
+                        f"<td>{sum(by_status.values()):g}</td>{cells}<td>{rate}</td>"
+                        f"<td>{stored.get(endpoint, 0):g}</td></tr>")
         if not rows:
-            rows.append('<tr><td colspan="6" class="empty">no requests yet</td></tr>')
-        head = _header_row(("endpoint", "answered", "2xx", "4xx", "5xx", "per second (1 min)"))
+            rows.append('<tr><td colspan="7" class="empty">no requests yet</td></tr>')
+        # "stored": answered 2xx by the spool, not yet by Mixpanel (a drainer delivers them).
+        head = _header_row(("endpoint", "answered", "2xx", "4xx", "5xx", "per second (1 min)",
+                            "stored (spool)"))
         return (f'<section id="requests"><h2>Requests</h2><table>{head}{"".join(rows)}'
                 "</table></section>")
 
@@ -273,3 +286,12 @@ def _gauge(metric: Metric | None) -> str:
 
 def _as_list(value: object) -> list[object]:
     return list(value) if isinstance(value, list) else []
+
+
+def _stored_by_endpoint(metric: Metric | None) -> dict[str, float]:
+    stored: dict[str, float] = {}
+    for sample in metric.samples if metric else ():
+        if sample.name.endswith("_total"):
+            endpoint = sample.labels["endpoint"]
+            stored[endpoint] = stored.get(endpoint, 0.0) + sample.value
+    return stored

@@ -31,6 +31,7 @@ from ..ops.accesslog import request_facts
 from ..ops.health import RegionHealth
 from ..ops.metrics import Metrics
 from ..spool import Spool, SpoolEntry
+from ..spool.entry import is_retryable
 from ..upstream.client import UpstreamAnswer, UpstreamClient, UpstreamFailure
 from . import answers
 from .answers import Answer
@@ -249,7 +250,10 @@ class ApiRelay:
         access record (a merged batch's belongs to no single request)."""
         outcome, seconds = await self._exchange(region, endpoint, path_qs, method, headers, body,
                                                 read_timeout)
-        request_facts().upstream_took(seconds)
+        facts = request_facts()
+        facts.upstream_took(seconds)
+        if isinstance(outcome, UpstreamAnswer) and not is_retryable(outcome.status):
+            facts.note("forwarded")     # the upstream's final word (the spool notes "stored")
         return outcome
 
     async def _exchange(self, region: str, endpoint: str, path_qs: str, method: str,

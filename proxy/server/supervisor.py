@@ -25,9 +25,14 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter
 
 from .. import __version__
 from ..config import Config, ConfigError, load_config
+from ..ops import multiproc
+from ..ops.logs import announce
 from .worker import run_worker
 
 log = logging.getLogger("mixpanel_proxy.supervisor")
@@ -56,7 +61,7 @@ def bind_listener(host: str, port: int, backlog: int = 2048) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=backlog)
 
 
-def serve(config: Config, path: str | None) -> int:
+def serve(config: Config, path: str | None, pid_file: str | None = None) -> int:
     """Run the relay: bind, supervise the workers, return the exit code."""
     try:
         sock = bind_listener(config.server.host, config.server.port)
@@ -64,12 +69,29 @@ def serve(config: Config, path: str | None) -> int:
         print(f"server.listen: cannot listen on {config.server.host}:{config.server.port} "
               f"({exc.strerror})", file=sys.stderr)
         return 1
-    return Supervisor(config, path, sock).run()
+    # Before any metric exists and before the first fork: every worker of every generation
+    # then writes to one directory, and any of them answers a scrape for all (ops/multiproc.py).
+    try:
+        metrics_dir = multiproc.enable()
+    except OSError as exc:
+        print(f"metrics: cannot prepare the directory the workers share their metrics in "
+              f"({exc}); set {multiproc.ENV} to a writable directory", file=sys.stderr)
+        sock.close()
+        return 1
+    if pid_file:
+        Path(pid_file).write_text(f"{os.getpid()}\n")
+    try:
+        return Supervisor(config, path, sock).run()
+    finally:
+        multiproc.release(metrics_dir)
+        if pid_file:
+            Path(pid_file).unlink(missing_ok=True)
 
 
 class Supervisor:
     def __init__(self, config: Config, path: str | None, sock: socket.socket) -> None:
         self._config = config
+        self._bound = config.server          # the listen address the socket was bound for
         self._path = path
         self._sock = sock
         self._pid = os.getpid()
@@ -83,6 +105,12 @@ class Supervisor:
         self._stopping = False
         self._exit_code = 0
         self._wakeup_r, self._wakeup_w = os.pipe()
+        # The supervisor's own series, summed with the workers' by the multiprocess collector
+        # (the workers export the same family at 0, so it exists before the first reload).
+        registry = CollectorRegistry()
+        self._reloads = Counter("mixpanel_proxy_config_reloads", "Config reloads, by result.",
+                                ("result",), registry=registry)
+        self._publisher = multiproc.Publisher(registry, {})
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -172,6 +200,7 @@ class Supervisor:
             if pid == 0:
                 return
             worker = self._workers.pop(pid, None)
+            multiproc.process_died(pid)
             if worker is not None:
                 self._on_exit(worker, os.waitstatus_to_exitcode(status))
 
@@ -237,10 +266,11 @@ class Supervisor:
         self._restarts.clear()
         host, port = self._sock.getsockname()[:2]
         if first:
-            print(f"mixpanel-proxy {__version__} listening on http://{_url_host(host)}:{port} "
-                  f"(config: {config.source})", flush=True)
+            announce(f"mixpanel-proxy {__version__} listening on http://{_url_host(host)}:{port} "
+                     f"(config: {config.source})")
             log.info("%d worker(s) serving", config.server.workers)
         else:
+            self._count_reload("ok")
             log.info("reloaded %s: %d worker(s) serving generation %d", config.source,
                      config.server.workers, generation)
         if self._reload_again:
@@ -259,6 +289,7 @@ class Supervisor:
             self._exit_code = 1
             self._stop(force=False)
         else:
+            self._count_reload("error")
             log.error("reload abandoned: the previous config keeps serving")
 
     def _reload(self) -> None:
@@ -268,17 +299,25 @@ class Supervisor:
         try:
             config = load_config(self._path)
         except ConfigError as exc:
+            self._count_reload("error")
             log.error("reload refused: %s has problems; the previous config keeps serving",
                       self._path or "the embedded default")
             for problem in exc.problems:
                 log.error("%s", problem)
             return
-        old = self._config.server
-        if (config.server.host, config.server.port) != (old.host, old.port):
+        # The socket bound at start, not the previous config's address: after a second change
+        # of `listen` that config names an address the relay never listened on.
+        host, port = self._sock.getsockname()[:2]
+        if (config.server.host, config.server.port) != (self._bound.host, self._bound.port):
             log.warning("server.listen changed: the listening socket stays on %s:%d until a "
-                        "restart", old.host, old.port)
+                        "restart", host, port)
         log.info("reloading %s", config.source)
         self._start_generation(config)
+
+    def _count_reload(self, result: str) -> None:
+        self._reloads.labels(result).inc()
+        if multiproc.active():
+            self._publisher.publish()
 
     def _stop(self, force: bool) -> None:
         if force:

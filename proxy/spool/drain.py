@@ -53,6 +53,7 @@ class Drainer:
         self._halt_round = False
         self._round_retry_after = 0.0
         self.oldest: float | None = None     # created_at of the oldest entry seen waiting
+        self._drained = 0                    # entries delivered in the current round
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -96,6 +97,9 @@ class Drainer:
             if not entries:
                 await self._idle()
             elif await self._guarded_round(entries):
+                if self._failures:
+                    log.info("spool: region %s recovered after %d failed round(s)",
+                             self.region, self._failures)
                 self._failures = 0
             else:
                 self._back_off(self._round_retry_after)
@@ -140,7 +144,10 @@ class Drainer:
         self._halt_round = False
         self._round_retry_after = 0.0
         gate = asyncio.Semaphore(self._config.drain_concurrency)
+        self._drained = 0
         await asyncio.gather(*(self._run_lane(lane, gate) for lane in lanes.values()))
+        if self._drained:
+            log.info("spool: region %s: drained %d entries", self.region, self._drained)
         return not self._halt_round
 
     async def _run_lane(self, lane: list[SpoolEntry], gate: asyncio.Semaphore) -> None:
@@ -188,6 +195,7 @@ class Drainer:
             if refused is None:
                 await self._store.delete(entry)
                 self._ledger.delivered(entry)
+                self._drained += 1
                 return True
             return await self._bury(entry, "upstream_refused",
                                     Refusal(refused, status, answer.body, headers))

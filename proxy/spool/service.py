@@ -22,6 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..config import Config
 from ..decide.routing import RoutedRequest
+from ..ops.accesslog import request_facts
 from ..ops.metrics import Metrics
 from ..relay import answers
 from ..upstream.client import UpstreamAnswer, UpstreamClient, UpstreamFailure
@@ -189,6 +190,7 @@ class Spool:
             self._reserved_bytes -= size
             self._reserved[lane] -= 1
         self._metrics.spool_stored.labels(entry.region, entry.endpoint).inc()
+        request_facts().note("stored")      # the access line says so: the 200 is the spool's
         drainer = self._drainers.get(entry.region)
         if drainer is not None:
             if drainer.oldest is None:

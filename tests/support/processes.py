@@ -145,6 +145,7 @@ class NginxFront:
             "/etc/ssl/mixpanel-proxy": str(self.root / "tls"),
             "/var/cache/nginx/mixpanel-proxy": str(self.root / "cache"),
             "/var/log/nginx": str(self.root / "log"),
+            "/var/www/html": str(self.root / "www"),      # the ACME challenge web root
             "/run/nginx-mixpanel-proxy.pid": str(self.root / "nginx.pid"),
             "server 127.0.0.1:8080 ": f"server 127.0.0.1:{self.relay_port} ",
             "listen 443 ": f"listen 127.0.0.1:{self.https_port} ",
