@@ -21,10 +21,23 @@ def modules() -> dict[str, Path]:
     return found
 
 
+def runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node but those under `if TYPE_CHECKING:`, which only the type checker imports."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            kept: list[ast.AST] = list(node.orelse)
+        else:
+            kept = [node]
+        for each in kept:
+            yield each
+            yield from runtime_nodes(each)
+
+
 def imported(name: str, path: Path, known: dict[str, Path]) -> Iterator[str]:
-    """Modules of the package that `name` imports at its top level or inside functions."""
+    """Modules of the package that `name` imports when it runs, at its top level or inside
+    functions."""
     is_package = path.name == "__init__.py"
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = name.split(".") if is_package else name.split(".")[:-1]
@@ -67,6 +80,14 @@ def test_no_module_imports_itself_back() -> None:
     known = modules()
     graph = {name: set(imported(name, path, known)) for name, path in known.items()}
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_type_only_imports_are_not_runtime_imports() -> None:
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\n"
+                     "else:\n    import b\nimport c\n")
+    names = {alias.name for node in runtime_nodes(tree) if isinstance(node, ast.Import)
+             for alias in node.names}
+    assert names == {"b", "c"}
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:
