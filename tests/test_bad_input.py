@@ -35,6 +35,7 @@ from tests.support.fake_cdn import FakeCdn
 from tests.support.fakes import FakeUpstream
 from tests.support.faulty import insert_ids, numbered_events
 from tests.support.helpers import FORM, basic, browser_form, event
+from tests.support.metrics import sample
 
 Client = TestClient[Any, Any]
 SMALL = 4096                 # every endpoint's body limit here, but /track's
@@ -56,8 +57,7 @@ class Relay:
         return port
 
     def rejections(self, reason: str) -> float:
-        return self.registry.get_sample_value("mixpanel_proxy_rejections_total",
-                                              {"reason": reason}) or 0.0
+        return sample(self.registry, "mixpanel_proxy_rejections_total", reason=reason)
 
     async def good(self) -> int:
         """A well-formed /track request; its status."""

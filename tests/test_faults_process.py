@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import resource
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -24,15 +23,10 @@ from tests.conftest import EU_TOKEN, US_TOKEN, relay_config
 from tests.support.fakes import FakeUpstream
 from tests.support.faulty import Ledger, insert_ids, numbered_events
 from tests.support.helpers import FORM
-from tests.support.processes import RelayProcess, eventually
+from tests.support.processes import RelayProcess
+from tests.support.waits import eventually
 
 REQUESTS = 8
-
-
-def kill_everything(relay: RelayProcess) -> None:
-    for pid in relay.worker_pids():
-        os.kill(pid, signal.SIGKILL)
-    relay.send(signal.SIGKILL)
 
 
 async def post_all(url: str, token: str, prefix: str, count: int = REQUESTS) -> Ledger:
@@ -67,7 +61,7 @@ async def test_sigkill_mid_request_without_spool(
     await relay.start()
     sending = asyncio.create_task(post_all(relay.url, US_TOKEN, "kill-plain"))
     await eventually(lambda: len(us.received) == REQUESTS, what="the requests to be upstream")
-    kill_everything(relay)
+    relay.kill_all()
     ledger = await sending
     assert ledger.statuses() == {0}                    # connection dropped, no answer at all
     assert insert_ids(us.received) == set(ledger.answers)   # they did reach the upstream
@@ -84,7 +78,7 @@ async def test_sigkill_after_store_first_loses_nothing(
     await first.start()
     ledger = await post_all(first.url, US_TOKEN, "kill-spooled")
     assert ledger.statuses() == {200}
-    kill_everything(first)
+    first.kill_all()
     await first.wait()
     us.answer(200)
     us.clear()            # every attempt so far was answered 503: nothing was delivered yet

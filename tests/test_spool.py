@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
 from tests.support.fakes import FakeUpstream, Received
 from tests.support.helpers import BEACON, FORM, basic, browser_form, event, python_sdk_form
+from tests.support.metrics import sample
 from tests.support.processes import eventually
 
 Client = TestClient[Any, Any]
@@ -35,10 +36,6 @@ def on_disk(tmp_path: Path, table: str = "entries") -> list[sqlite3.Row]:
         return conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
     finally:
         conn.close()
-
-
-def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name, labels) or 0.0
 
 
 def fresh(token: str, name: str = "page view") -> dict[str, Any]:

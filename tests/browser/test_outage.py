@@ -12,7 +12,6 @@ from tests.conftest import IN_TOKEN, US_TOKEN
 from tests.support.browser import (
     Site,
     calls,
-    eventually,
     open_tab,
     query,
     records,
@@ -21,6 +20,7 @@ from tests.support.browser import (
     snippet_page,
 )
 from tests.support.fakes import FakeUpstream
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.browser
 
