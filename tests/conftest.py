@@ -31,6 +31,7 @@ async def upstreams() -> AsyncIterator[dict[str, FakeUpstream]]:
         await fake.server.start_server()
     yield fakes
     for fake in fakes.values():
+        fake.release()                  # a test that failed while holding answers
         assert fake.server is not None
         await fake.server.close()
 

@@ -25,7 +25,7 @@ from tests.support.fakes import FakeUpstream
 from tests.support.faulty import Ledger, RawUpstream, closed_port, insert_ids, numbered_events
 from tests.support.helpers import FORM
 from tests.support.metrics import sample
-from tests.support.processes import eventually
+from tests.support.waits import eventually
 
 REQUESTS = 5
 READ_TIMEOUT = 0.5

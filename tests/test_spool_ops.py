@@ -18,7 +18,8 @@ from proxy.spool import SpoolError
 from tests.conftest import US_TOKEN, RelayFactory, relay_config
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form
-from tests.support.processes import REPO, eventually
+from tests.support.processes import REPO
+from tests.support.waits import eventually
 from tests.test_spool import fresh, on_disk, spool_config
 
 

@@ -87,7 +87,7 @@ async def test_status_page_renders_regions_requests_and_components(
     board = client.app[STATUS_BOARD_KEY]
     board.sample()
     await traffic(client, upstreams)
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)    # paces the two samples apart: a rate needs time between them
     board.sample()
     url = str(client.make_url("/status"))
     dom = await chromium(url, tmp_path / "profile", "--dump-dom")
