@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import pytest
 
 from tests.conftest import EU_TOKEN, US_TOKEN, relay_config
 from tests.support.fakes import FakeUpstream
@@ -25,6 +26,8 @@ from tests.support.faulty import Ledger, insert_ids, numbered_events
 from tests.support.helpers import FORM
 from tests.support.processes import RelayProcess
 from tests.support.waits import eventually
+
+pytestmark = pytest.mark.slow   # relay process trees, SIGKILLed and restarted
 
 REQUESTS = 8
 

@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.conftest import US_TOKEN, relay_config
 from tests.support.fakes import FakeUpstream
@@ -15,6 +16,8 @@ from tests.support.metrics import scrape_url, value
 from tests.support.processes import RelayProcess
 from tests.support.waits import eventually
 from tests.test_spool import fresh, on_disk, spool_config
+
+pytestmark = pytest.mark.slow   # relay process trees, SIGKILLed and restarted
 
 REQUESTS = 40
 

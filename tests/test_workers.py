@@ -28,6 +28,8 @@ from tests.support.helpers import FORM, browser_form, event
 from tests.support.processes import REPO, NginxFront, RelayProcess
 from tests.support.waits import eventually
 
+pytestmark = pytest.mark.slow   # relay process trees, reloaded, killed and stopped
+
 StartRelay = Callable[..., Awaitable[RelayProcess]]
 
 

@@ -39,10 +39,11 @@ async def read_answer(reader: asyncio.StreamReader) -> Answer:
     return int(start[1]), headers, body
 
 
-async def exchange(port: int, data: bytes, answers: int,
-                   pieces: int = 1) -> tuple[list[Answer], bool]:
-    """Send `data` (in `pieces` writes), read `answers` answers; and whether the relay then
-    closed the connection."""
+async def exchange(port: int, data: bytes, answers: int, pieces: int = 1,
+                   until_close: bool = False) -> tuple[list[Answer], bool]:
+    """Send `data` (in `pieces` writes) and read `answers` answers. With `until_close`, then
+    wait for the relay to close the connection, and say whether it did (without, False: no
+    waiting for something that is not expected to happen)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         step = -(-len(data) // pieces)
@@ -52,9 +53,7 @@ async def exchange(port: int, data: bytes, answers: int,
             if pieces > 1:
                 await asyncio.sleep(0.05)   # paces traffic: each piece reaches the relay alone
         results = [await asyncio.wait_for(read_answer(reader), 5) for _ in range(answers)]
-        closed = await asyncio.wait_for(reader.read(1), 0.5) == b"" if answers else False
-    except TimeoutError:
-        closed = False
+        closed = until_close and await asyncio.wait_for(reader.read(1), 5) == b""
     finally:
         writer.close()
     return results, closed
