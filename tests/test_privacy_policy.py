@@ -186,6 +186,7 @@ any_events = st.lists(st.builds(
                     max_size=4)), min_size=1, max_size=8)
 
 
+@pytest.mark.slow   # 120 routed examples: seconds
 @settings(max_examples=120, deadline=None)
 @given(events=any_events, projects=st.booleans(), allow=st.booleans())
 def test_the_router_never_alters_what_mixpanel_dedups_or_routes_on(

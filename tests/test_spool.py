@@ -10,6 +10,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
@@ -117,6 +118,7 @@ async def test_final_answers_and_read_endpoints_are_not_stored(
     assert on_disk(tmp_path) == []
 
 
+@pytest.mark.slow   # waits out a real Retry-After
 async def test_429_retry_after_is_respected(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
     us = upstreams["us"]
@@ -216,6 +218,7 @@ async def test_always_mode_stores_first_and_forwards_in_background(
     assert us.received[0].body == body
 
 
+@pytest.mark.slow   # waits out real backoff periods
 async def test_ordered_updates_never_overtake_stored_ones(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
     eu = upstreams["eu"]

@@ -65,6 +65,7 @@ def damage_pages(path: Path) -> None:
         file.write(b"\xde\xad\xbe\xef" * 4096)
 
 
+@pytest.mark.slow   # relay processes that refuse to start
 @pytest.mark.parametrize("corrupt", ["not_sqlite", "damaged_pages"])
 def test_corrupt_spool_stops_the_start(tmp_path: Path, corrupt: str) -> None:
     spool = tmp_path / "spool.db"
