@@ -1,25 +1,23 @@
-"""What every benchmark script needs: a free loopback port, and waiting for a server to answer."""
+"""What every benchmark script needs: a free loopback port, and waiting for a server to answer.
+Both are the tests' own helpers (tests/support/), so bench/ and tests/ wait and pick ports alike."""
 
 from __future__ import annotations
 
-import socket
-import time
 import urllib.request
 
+from tests.support.ports import free_port
+from tests.support.waits import eventually_blocking
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["free_port", "wait_for"]
 
 
 def wait_for(url: str, timeout: float = 20.0) -> None:
     """Poll `url` until it answers (any status but a refused connection) or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=1):
-                return
+                return True
         except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
+            return False
+
+    eventually_blocking(answers, what=f"{url} to come up", timeout=timeout)

@@ -126,7 +126,7 @@ class FakeCdn:
         name = request.match_info["name"]
         self.requests.append(CdnRequest(request.method, name, dict(request.headers)))
         if self.delay:
-            await asyncio.sleep(self.delay)
+            await asyncio.sleep(self.delay)   # paces the answer: a slow CDN
         if self.gate is not None:
             await self.gate.wait()
         if self.mode == "status_500":

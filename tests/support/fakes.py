@@ -67,7 +67,7 @@ class FakeUpstream:
         if self._gate is not None:
             await self._gate.wait()
         if self.delay:
-            await asyncio.sleep(self.delay)   # a slow region: it paces the answers
+            await asyncio.sleep(self.delay)   # paces the answer: a slow region
         headers = {"Access-Control-Allow-Origin": "https://mixpanel.example",
                    "Set-Cookie": "upstream=1", **self.headers}
         if self.body is not None:

@@ -33,6 +33,12 @@ async def read_message(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, await reader.readexactly(int(headers.get("content-length", "0")))
 
 
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request, server side, as it crossed the wire: its head and its body."""
+    head, body = await read_message(reader)
+    return head + body
+
+
 async def read_answer(reader: asyncio.StreamReader) -> Answer:
     head, body = await read_message(reader)
     start, headers = parse_head(head)

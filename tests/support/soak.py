@@ -171,8 +171,7 @@ class Load:
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             n = number
-            # paces traffic: spread the first requests over one interval
-            await asyncio.sleep(random.uniform(0, self.interval))
+            await asyncio.sleep(random.uniform(0, self.interval))  # paces traffic: a spread start
             while time.monotonic() < deadline:
                 started = time.monotonic()
                 await self._one(session, n)

@@ -31,7 +31,7 @@ async def eventually(check: Callable[[], T | None | Awaitable[T | None]],
             result = await result
         if result:
             return result
-        await asyncio.sleep(POLL)
+        await asyncio.sleep(POLL)    # the poll: the one place tests wait
     raise AssertionError("unreachable")   # _deadline raises first
 
 
@@ -42,5 +42,5 @@ def eventually_blocking(check: Callable[[], T | None], what: str = "condition",
         result = check()
         if result:
             return result
-        time.sleep(POLL)
+        time.sleep(POLL)             # the poll: the one place tests wait
     raise AssertionError("unreachable")
