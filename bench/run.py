@@ -38,7 +38,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, wait_for  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import free_port, running, wait_for  # noqa: E402
 
 DIST = ROOT / "tests/js/node_modules/mixpanel-browser/dist"
 BUNDLE = "mixpanel-recorder-CZqK2y7C.min.js"      # the 340 KB recorder, content-hashed
@@ -90,18 +91,10 @@ UPSTREAM_BODY = '{"status":1,"error":null}'
 
 
 def nginx_conf(workdir: Path, servers: str) -> str:
-    return f"""
-worker_processes 2;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
+    return common.nginx_conf(workdir, f"""
   client_body_temp_path {workdir}/body;
   proxy_temp_path {workdir}/proxy;
-  {servers}
-}}
-"""
+  {servers}""", workers=2, error_log="error.log")
 
 
 def fake_upstream_servers(port: int) -> str:
@@ -148,14 +141,9 @@ def nginx(workdir: Path, servers: str, probe: str) -> Iterator[int]:
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "nginx.conf"
     conf.write_text(nginx_conf(workdir, servers))
-    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir), "-g", "daemon off;"],
-                            stderr=subprocess.DEVNULL)
-    try:
-        wait_for(probe)
-        yield proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with running(["nginx", "-c", str(conf), "-p", str(workdir), "-g", "daemon off;"],
+                 probe) as pid:
+        yield pid
 
 
 @contextmanager

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 from urllib.parse import unquote
 
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from proxy.relay.coalesce import Lane, MergedAnswer, accepted, coalescible_events, merged_body
@@ -14,6 +17,9 @@ from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form, event, python_sdk_form
 from tests.support.metrics import sample
 from tests.support.waits import eventually
+
+Client = TestClient[Any, Any]
+Pending = asyncio.Future[ClientResponse]
 
 
 def test_browser_batches_get_their_clients_ip_and_plain_ones_merge() -> None:
@@ -92,6 +98,19 @@ async def test_a_failed_merged_send_tells_every_waiter() -> None:
     loop.set_exception_handler(None)
 
 
+async def busy_slot(make_relay: RelayFactory, us: FakeUpstream, query: str,
+                    headers: dict[str, str]) -> tuple[Client, CollectorRegistry, Pending]:
+    """A relay with one coalescing slot, taken by a request alone that `us` holds (until
+    `us.release()`): what comes next waits to merge."""
+    registry = CollectorRegistry()
+    client = await make_relay({"coalesce": {"enabled": True, "slots": 1}}, registry=registry)
+    us.hold()
+    first = asyncio.ensure_future(client.post(f"/track/?{query}", headers={**FORM, **headers},
+                                              data=browser_form([event("t", "alone")])))
+    await eventually(lambda: len(us.received) == 1, "the first request upstream")
+    return client, registry, first
+
+
 async def waiting_behind(registry: CollectorRegistry, count: int) -> None:
     """Wait until `count` requests are in the relay besides the one held upstream: read and
     their bodies already read, nothing between there and the lane waits: they wait to merge."""
@@ -101,14 +120,9 @@ async def waiting_behind(registry: CollectorRegistry, count: int) -> None:
 
 async def test_through_the_relay_concurrent_tracks_merge_with_their_own_ips(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream]) -> None:
-    registry = CollectorRegistry()
-    client = await make_relay({"coalesce": {"enabled": True, "slots": 1}}, registry=registry)
     us = upstreams["us"]
-    us.hold()
-    first = asyncio.ensure_future(client.post(
-        "/track/?ip=1&_=1", data=browser_form([event("t", "alone")]),
-        headers={**FORM, "X-Forwarded-For": "198.51.100.1"}))
-    await eventually(lambda: len(us.received) == 1, "the first request upstream")
+    client, registry, first = await busy_slot(make_relay, us, "ip=1&_=1",
+                                              {"X-Forwarded-For": "198.51.100.1"})
     ips = [f"203.0.113.{n}" for n in range(1, 6)]
     queries = ["verbose=1&ip=1&_=2", "ip=1&_=3", "ip=0&_=4", "verbose=1&ip=1", "ip=1"]
     merged = [asyncio.ensure_future(client.post(
@@ -134,14 +148,9 @@ async def test_through_the_relay_concurrent_tracks_merge_with_their_own_ips(
 
 async def test_a_refused_merged_batch_falls_back_to_each_request_alone(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream]) -> None:
-    registry = CollectorRegistry()
-    client = await make_relay({"coalesce": {"enabled": True, "slots": 1}}, registry=registry)
     us = upstreams["us"]
-    us.hold()
     us.answer(200, {"status": 0, "error": "invalid data"}, {"Content-Type": "application/json"})
-    first = asyncio.ensure_future(client.post("/track/?ip=1", data=browser_form(
-        [event("t", "alone")]), headers=FORM))
-    await eventually(lambda: len(us.received) == 1, "the first request upstream")
+    client, registry, first = await busy_slot(make_relay, us, "ip=1", {})
     bodies = [browser_form([event("t", f"e{n}")]) for n in range(3)]
     waiting = [asyncio.ensure_future(client.post("/track/?ip=1&verbose=1", data=body,
                                                  headers=FORM)) for body in bodies]
