@@ -52,7 +52,7 @@ def asset_relay(make_relay: RelayFactory, fake_cdn: FakeCdn, clock: FakeClock) -
         settings = {"cdn_url": fake_cdn.url, "brotli_quality": 4, "ttl": TTL,
                     "stale_while_revalidate": 0, "timeout": 2.0, **assets}
         client = await make_relay({"assets": settings}, registry=registry)
-        client.server.app[ASSETS_KEY].clock = clock
+        client.app[ASSETS_KEY].clock = clock
         return client, registry
 
     return factory

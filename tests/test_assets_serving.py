@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+from collections.abc import Callable
 from typing import Any
 
 import brotli
@@ -28,7 +29,8 @@ async def relay_for(make_relay: RelayFactory, cdn: FakeCdn, **assets: Any) -> Te
 
 
 def decoded(coding: str | None, body: bytes) -> bytes:
-    decoders = {"br": brotli.decompress, "gzip": gzip.decompress, None: bytes}
+    decoders: dict[str | None, Callable[[bytes], bytes]] = {
+        "br": brotli.decompress, "gzip": gzip.decompress, None: bytes}
     return decoders[coding](body)
 
 

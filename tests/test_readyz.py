@@ -33,7 +33,7 @@ async def wait_for(client: TestClient[Any, Any], ready: bool) -> dict[str, Any]:
         status, body = await readyz(client)
         return body if (status == 200) == ready else None
 
-    body = await eventually(answer, f"/readyz to say ready={ready}", timeout=10)
+    body: dict[str, Any] = await eventually(answer, f"/readyz to say ready={ready}", timeout=10)
     assert body["ready"] is ready
     return body
 

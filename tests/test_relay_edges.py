@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -122,7 +123,8 @@ async def test_body_limits_on_both_sides(make_relay: RelayFactory,
     assert (await over.json())["error"] == (
         f"the body exceeds the {limit}-byte limit for /{endpoint}")
 
-    async def chunked(size: int):  # no Content-Length: the limit must hold while reading
+    # No Content-Length: the limit must hold while reading.
+    async def chunked(size: int) -> AsyncIterator[bytes]:
         yield b"d" * size
 
     over_chunked = await client.post(f"/{endpoint}/", data=chunked(limit + 1))

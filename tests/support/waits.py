@@ -8,7 +8,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import TypeVar, overload
 
 T = TypeVar("T")
 POLL = 0.01    # seconds between checks: short, so a wait costs little beyond the event itself
@@ -22,8 +22,15 @@ def _deadline(what: str, timeout: float) -> Iterator[None]:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-async def eventually(check: Callable[[], T | None | Awaitable[T | None]],
-                     what: str = "condition", timeout: float = 15.0) -> T:
+@overload
+async def eventually(check: Callable[[], Awaitable[T | None]],
+                     what: str = ..., timeout: float = ...) -> T: ...
+@overload
+async def eventually(check: Callable[[], T | None], what: str = ..., timeout: float = ...) -> T: ...
+
+
+async def eventually(check: Callable[[], object], what: str = "condition",
+                     timeout: float = 15.0) -> object:
     """Poll `check()` (sync or async) until it answers something truthy, and return that."""
     for _ in _deadline(what, timeout):
         result = check()
