@@ -71,7 +71,9 @@ class CdnRequest:
 
 @dataclass
 class FakeCdn:
-    files: dict[str, bytes] = field(default_factory=cdn_files)
+    # Megabytes of bundles: never in a repr. (Python 3.11's asyncio.Runner reprs the task that
+    # set up a fixture, with its result, on every run: a full repr here cost ~0.3 s a test.)
+    files: dict[str, bytes] = field(default_factory=cdn_files, repr=False)
     requests: list[CdnRequest] = field(default_factory=list)
     mode: Mode = "ok"
     delay: float = 0.0                      # seconds before each answer
