@@ -133,10 +133,11 @@ async def test_stale_while_revalidate_serves_the_old_copy_at_once(
     old = fake_cdn.files[LOADER]
     await get_body(client, LOADER)
     fake_cdn.publish(LOADER, old + b"\n/* next */\n")
-    fake_cdn.delay = 0.2
+    fake_cdn.gate = asyncio.Event()                          # the CDN answers nothing for now
     clock.advance(TTL + 1)
     assert await get_body(client, LOADER) == (200, old)      # not waiting for the CDN
     assert cache_results(registry, "stale") == 1
+    fake_cdn.gate.set()
     await eventually(lambda: cache_results(registry, "updated") == 1)
     assert await get_body(client, LOADER) == (200, fake_cdn.files[LOADER])
     assert fake_cdn.count(LOADER) == 2

@@ -59,7 +59,7 @@ async def test_sigkill_mid_request_without_spool(
     """Killed while the upstream holds the requests: the clients get no answer (not a 200), so
     their SDKs keep the events and resend them; nothing was vouched for."""
     us = upstreams["us"]
-    us.delay = 5.0
+    us.hold()
     relay = RelayProcess(tmp_path, relay_config(upstreams))
     await relay.start()
     sending = asyncio.create_task(post_all(relay.url, US_TOKEN, "kill-plain"))
