@@ -28,7 +28,7 @@ async def test_upstream_down_is_503_with_retry_after(make_relay: RelayFactory) -
 async def test_slow_upstream_times_out_to_503(make_relay: RelayFactory,
                                               upstreams: dict[str, FakeUpstream]) -> None:
     client = await make_relay({"upstream": {"read_timeout": 0.2, "retry_after": 3}})
-    upstreams["us"].delay = 1.0
+    upstreams["us"].hold()                  # it never answers
     response = await client.post("/track/", data=b"data=x", headers=FORM)
     assert (response.status, response.headers["Retry-After"]) == (503, "3")
     assert "did not answer in time" in (await response.json())["error"]
