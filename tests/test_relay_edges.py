@@ -11,6 +11,7 @@ from tests.conftest import RelayFactory
 from tests.support.fakes import FakeUpstream
 from tests.support.faulty import closed_port
 from tests.support.helpers import FORM, basic
+from tests.support.rawhttp import exchange_to_eof
 
 ORIGIN = {"Origin": "https://shop.example"}
 
@@ -153,6 +154,7 @@ async def test_refusals_are_json_and_never_forwarded(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream]) -> None:
     client = await make_relay()
     port = client.port
+    assert port is not None
     cases = [
         (b"GET http://evil.example/track/ HTTP/1.1\r\nHost: evil.example\r\n", 400),
         (b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n", 405),
@@ -162,12 +164,7 @@ async def test_refusals_are_json_and_never_forwarded(
         (b"GET //evil.example/track HTTP/1.1\r\nHost: x\r\n", 404),
     ]
     for request, status in cases:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(request + b"Connection: close\r\n\r\n")
-        await writer.drain()
-        raw = await reader.read()
-        writer.close()
-        head, _, body = raw.partition(b"\r\n\r\n")
-        assert head.split(b" ")[1] == str(status).encode(), request
-        assert b"application/json" in head and body.startswith(b'{"status":0,"error":'), raw
+        got, head, body = await exchange_to_eof(port, request + b"Connection: close\r\n\r\n")
+        assert got == status, request
+        assert b"application/json" in head and body.startswith(b'{"status":0,"error":'), body
     assert not any(fake.received for fake in upstreams.values())
