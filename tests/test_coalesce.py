@@ -69,7 +69,7 @@ async def test_a_lane_merges_what_arrives_while_its_slots_are_busy() -> None:
     await asyncio.sleep(0)     # one turn of the loop, not a timed wait: the tasks reach the lane
     assert sent == []                                # nothing goes while the slot is taken
     lane.leave_alone()
-    await asyncio.sleep(0)     # one turn: the send the lane started runs to its first await
+    await eventually(lambda: sent, "the first merged send")
     assert sent == [["a", "b", "c"]]                 # one send, up to max_events
     release.set()
     answers = await asyncio.gather(*waiters)
@@ -92,7 +92,7 @@ async def test_a_failed_merged_send_tells_every_waiter() -> None:
     lane.leave_alone()
     answers = await asyncio.gather(*waiters)
     assert [answer.accepted for answer in answers] == [False, False, False]
-    await asyncio.sleep(0)     # one turn: the failed send's done-callback reports its error
+    await eventually(lambda: errors, "the failed send's error to be reported")
     assert len(errors) == 1 and isinstance(errors[0], ConnectionError)
     assert not lane.busy
     loop.set_exception_handler(None)
