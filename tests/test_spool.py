@@ -3,6 +3,7 @@ the upstream finally receives (byte for byte), and what goes to dead letter."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -207,10 +208,12 @@ async def test_always_mode_stores_first_and_forwards_in_background(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
     us = upstreams["us"]
     us.hold()                   # the upstream answers nothing until released
-    client = await make_relay(spool_config(tmp_path, mode="always"))
+    client = await make_relay({**spool_config(tmp_path, mode="always"),
+                               "upstream": {"read_timeout": 60.0}})
     body = browser_form(fresh(US_TOKEN))
-    response = await client.post("/track/", data=body, headers=FORM)
-    # The client had its 200 while the upstream had answered nothing: it never waited for it.
+    # The client has its 200 while the upstream has answered nothing: it never waited for it
+    # (nor for a read timeout, a minute here: the bound only catches that).
+    response = await asyncio.wait_for(client.post("/track/", data=body, headers=FORM), 30)
     assert (response.status, await response.read()) == (200, b"1")
     assert len(on_disk(tmp_path)) == 1
     us.release()
