@@ -19,8 +19,6 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import brotli
@@ -28,7 +26,7 @@ import brotli
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, wait_for  # noqa: E402
+from bench.common import free_port, nginx_conf, running  # noqa: E402
 from tests.support.fake_cdn import cdn_files  # noqa: E402  (the bundles, under their CDN names)
 
 BUNDLES = ("mixpanel-2-latest.min.js", "mixpanel-recorder-CZqK2y7C.min.js")
@@ -57,13 +55,7 @@ def nginx_config(workdir: Path, files: Path, cdn_port: int, static_port: int) ->
       add_header Content-Encoding {coding};
       add_header Vary Accept-Encoding;
     }}""" for coding in ("br", "gzip"))
-    return f"""
-worker_processes 1;
-pid {workdir}/nginx.pid;
-error_log {workdir}/nginx.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
+    return nginx_conf(workdir, f"""
   sendfile on;
   tcp_nopush on;
   types {{ application/javascript js; application/json map; }}
@@ -74,20 +66,7 @@ http {{
   server {{
     listen 127.0.0.1:{static_port};
     location /identity/ {{ alias {files}/identity/; }}{encoded}
-  }}
-}}
-"""
-
-
-@contextmanager
-def running(command: list[str], probe: str, log: Path) -> Iterator[int]:
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"))
-    try:
-        wait_for(probe)
-        yield proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+  }}""")
 
 
 def relay_config(workdir: Path, port: int, cdn_port: int, workers: int) -> Path:

@@ -1,9 +1,11 @@
-"""Shared fixtures: three fake regional upstreams and a factory for relays pointed at them."""
+"""Shared fixtures: three fake regional upstreams and a factory for relays pointed at them; and
+the test tiers (`slow`: see `pytest_collection_modifyitems`)."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -18,31 +20,64 @@ from tests.support.fakes import FakeUpstream
 
 RelayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
+# What makes a test slow, by what it uses: these markers and fixtures start Chromium, nginx or
+# relay process trees. Anything else slow carries `@pytest.mark.slow` itself.
+SLOW_MARKERS = frozenset({"browser", "nginx"})
+SLOW_FIXTURES = frozenset({"browser", "chromium_endpoint", "stack", "start_relay"})
+
 US_TOKEN = "tok_us_1234"
 EU_TOKEN = "tok_eu_5678"
 IN_TOKEN = "tok_in_9012"
 
 
-@pytest.fixture
-async def upstreams() -> AsyncIterator[dict[str, FakeUpstream]]:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `slow` whatever starts Chromium, nginx or relay processes, so that
+    `pytest -m "not slow"` is the one-minute inner loop; plain `pytest` still runs everything."""
+    for item in items:
+        markers = {marker.name for marker in item.iter_markers()}
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if markers & SLOW_MARKERS or fixtures & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+
+
+@asynccontextmanager
+async def running_upstreams() -> AsyncIterator[dict[str, FakeUpstream]]:
+    """The three fake regions, listening on loopback until the block ends."""
     fakes = {name: FakeUpstream(name) for name in ("us", "eu", "in")}
-    for fake in fakes.values():
-        fake.server = TestServer(fake.app(), host="127.0.0.1")
-        await fake.server.start_server()
-    yield fakes
-    for fake in fakes.values():
-        assert fake.server is not None
-        await fake.server.close()
+    try:
+        for fake in fakes.values():
+            fake.server = TestServer(fake.app(), host="127.0.0.1")
+            await fake.server.start_server()
+        yield fakes
+    finally:
+        for fake in fakes.values():
+            fake.release()                  # a test that failed while holding answers
+            if fake.server is not None:
+                await fake.server.close()
 
 
-@pytest.fixture
-async def fake_cdn() -> AsyncIterator[FakeCdn]:
+@asynccontextmanager
+async def running_cdn() -> AsyncIterator[FakeCdn]:
     """A fake cdn.mxpnl.com serving the real mixpanel-browser bundles
     (see tests/support/fake_cdn.py)."""
     cdn = FakeCdn()
     await cdn.start()
-    yield cdn
-    await cdn.close()
+    try:
+        yield cdn
+    finally:
+        await cdn.close()
+
+
+@pytest.fixture
+async def upstreams() -> AsyncIterator[dict[str, FakeUpstream]]:
+    async with running_upstreams() as fakes:
+        yield fakes
+
+
+@pytest.fixture
+async def fake_cdn() -> AsyncIterator[FakeCdn]:
+    async with running_cdn() as cdn:
+        yield cdn
 
 
 def relay_config(upstreams: dict[str, FakeUpstream], extra: dict[str, Any] | None = None,

@@ -14,6 +14,7 @@ from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
 from tests.support.fake_cdn import FakeCdn
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form, event
+from tests.support.metrics import sample
 
 FIELDS = {"time", "method", "endpoint", "region", "status", "reason", "bytes_in", "bytes_out",
           "duration_ms", "upstream_ms", "client_ip", "path", "outcome"}
@@ -136,5 +137,4 @@ async def test_asset_requests_are_labelled_assets(
     assert (line["endpoint"], line["status"], line["bytes_out"]) == ("assets", 200, len(body))
     assert line["path"] == "/libs/mixpanel-2-latest.min.js"
     registry = client.app[METRICS_KEY].registry
-    assert registry.get_sample_value("mixpanel_proxy_response_bytes_total",
-                                     {"endpoint": "assets"}) == len(body)
+    assert sample(registry, "mixpanel_proxy_response_bytes_total", endpoint="assets") == len(body)

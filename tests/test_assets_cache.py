@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry
 from proxy.assets.wire import ASSETS_KEY
 from tests.conftest import RelayFactory
 from tests.support.fake_cdn import FakeCdn
+from tests.support.metrics import sample
+from tests.support.waits import eventually
 
 LOADER = "mixpanel-2-latest.min.js"
 RECORDER = "mixpanel-recorder-CZqK2y7C.min.js"
@@ -50,20 +52,18 @@ def asset_relay(make_relay: RelayFactory, fake_cdn: FakeCdn, clock: FakeClock) -
         settings = {"cdn_url": fake_cdn.url, "brotli_quality": 4, "ttl": TTL,
                     "stale_while_revalidate": 0, "timeout": 2.0, **assets}
         client = await make_relay({"assets": settings}, registry=registry)
-        client.server.app[ASSETS_KEY].clock = clock
+        client.app[ASSETS_KEY].clock = clock
         return client, registry
 
     return factory
 
 
 def cache_results(registry: CollectorRegistry, result: str) -> float:
-    value = registry.get_sample_value("mixpanel_proxy_asset_cache_total", {"result": result})
-    return value or 0.0
+    return sample(registry, "mixpanel_proxy_asset_cache_total", result=result)
 
 
 def cdn_failures(registry: CollectorRegistry, kind: str) -> float:
-    value = registry.get_sample_value("mixpanel_proxy_asset_cdn_failures_total", {"kind": kind})
-    return value or 0.0
+    return sample(registry, "mixpanel_proxy_asset_cdn_failures_total", kind=kind)
 
 
 async def get_body(client: TestClient[Any, Any], name: str) -> tuple[int, bytes]:
@@ -88,7 +88,7 @@ async def test_fifty_concurrent_misses_make_one_cdn_request(
     fake_cdn.gate = asyncio.Event()
     requests = [asyncio.create_task(get_body(client, RECORDER)) for _ in range(50)]
     # The CDN answers only once all 50 requests are inside the relay, waiting on the fetch.
-    await _until(lambda: cache_results(registry, "miss") + cache_results(
+    await eventually(lambda: cache_results(registry, "miss") + cache_results(
         registry, "coalesced") == 50)
     fake_cdn.gate.set()
     answers = await asyncio.gather(*requests)
@@ -133,11 +133,12 @@ async def test_stale_while_revalidate_serves_the_old_copy_at_once(
     old = fake_cdn.files[LOADER]
     await get_body(client, LOADER)
     fake_cdn.publish(LOADER, old + b"\n/* next */\n")
-    fake_cdn.delay = 0.2
+    fake_cdn.gate = asyncio.Event()                          # the CDN answers nothing for now
     clock.advance(TTL + 1)
     assert await get_body(client, LOADER) == (200, old)      # not waiting for the CDN
     assert cache_results(registry, "stale") == 1
-    await _until(lambda: cache_results(registry, "updated") == 1)
+    fake_cdn.gate.set()
+    await eventually(lambda: cache_results(registry, "updated") == 1)
     assert await get_body(client, LOADER) == (200, fake_cdn.files[LOADER])
     assert fake_cdn.count(LOADER) == 2
 
@@ -236,7 +237,7 @@ async def test_restart_with_disk_cache_and_the_cdn_down(
     first, _ = await asset_relay(**disk)
     for name in (LOADER, RECORDER):
         assert (await get_body(first, name))[0] == 200
-    await _until(lambda: len(list((tmp_path / "bundles").glob("*.json"))) == 2)
+    await eventually(lambda: len(list((tmp_path / "bundles").glob("*.json"))) == 2)
     await first.close()
     await fake_cdn.go_down()
     clock.advance(TTL + 1)   # the loader copy is past its TTL: revalidation fails, it is served
@@ -252,16 +253,10 @@ async def test_a_damaged_disk_copy_is_skipped(
     disk = {"disk_dir": str(tmp_path)}
     first, _ = await asset_relay(**disk)
     await get_body(first, RECORDER)
-    await _until(lambda: (tmp_path / f"{RECORDER}.json").exists())
+    await eventually(lambda: (tmp_path / f"{RECORDER}.json").exists())
     await first.close()
     (tmp_path / RECORDER).write_bytes(b"<html>disk full</html>")
     second, _ = await asset_relay(**disk)
     assert await get_body(second, RECORDER) == (200, fake_cdn.files[RECORDER])
     assert fake_cdn.count(RECORDER) == 2
 
-
-async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition never became true"
-        await asyncio.sleep(0.01)

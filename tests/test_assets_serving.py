@@ -3,9 +3,9 @@ aliases, refused names (the CDN never sees them), URL rewriting on and off, and 
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
+from collections.abc import Callable
 from typing import Any
 
 import brotli
@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.conftest import RelayFactory
 from tests.support.fake_cdn import FakeCdn
+from tests.support.rawhttp import exchange_to_eof, parse_head
 
 LOADER = "mixpanel-2-latest.min.js"
 FULL_LOADER = "mixpanel-2-latest.js"
@@ -28,7 +29,8 @@ async def relay_for(make_relay: RelayFactory, cdn: FakeCdn, **assets: Any) -> Te
 
 
 def decoded(coding: str | None, body: bytes) -> bytes:
-    decoders = {"br": brotli.decompress, "gzip": gzip.decompress, None: bytes}
+    decoders: dict[str | None, Callable[[bytes], bytes]] = {
+        "br": brotli.decompress, "gzip": gzip.decompress, None: bytes}
     return decoders[coding](body)
 
 
@@ -193,14 +195,7 @@ async def test_asset_series_are_exported(make_relay: RelayFactory, fake_cdn: Fak
 
 async def raw_get(client: TestClient[Any, Any], target: str) -> tuple[int, dict[str, str], str]:
     """One request with the target exactly as written: no client-side URL normalisation."""
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(f"GET {target} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n".encode())
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = raw.decode("latin-1").partition("\r\n\r\n")
-    status_line, *lines = head.split("\r\n")
-    headers = {name.lower(): value.strip()
-               for name, _, value in (line.partition(":") for line in lines)}
-    return int(status_line.split()[1]), headers, body
+    assert client.port is not None
+    request = f"GET {target} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n".encode()
+    status, head, body = await exchange_to_eof(client.port, request)
+    return status, parse_head(head)[1], body.decode("latin-1")

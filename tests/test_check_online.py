@@ -7,8 +7,12 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.fake_cdn import FakeCdn
 from tests.support.fakes import FakeUpstream
+
+pytestmark = pytest.mark.slow   # the CLI as a real process, per test
 
 LINE = re.compile(r"^(?P<name>.+?)\s+(?P<verdict>reachable|UNREACHABLE)\s+(?P<ms>[\d.]+) ms\s+"
                   r"(?P<url>\S+)\s+\((?P<detail>.*)\)$")

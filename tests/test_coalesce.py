@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 from urllib.parse import unquote
+
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
 
 from proxy.relay.coalesce import Lane, MergedAnswer, accepted, coalescible_events, merged_body
 from tests.conftest import RelayFactory
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form, event, python_sdk_form
+from tests.support.metrics import sample
+from tests.support.waits import eventually
+
+Client = TestClient[Any, Any]
+Pending = asyncio.Future[ClientResponse]
 
 
 def test_browser_batches_get_their_clients_ip_and_plain_ones_merge() -> None:
@@ -56,10 +66,10 @@ async def test_a_lane_merges_what_arrives_while_its_slots_are_busy() -> None:
     lane.enter_alone()                               # a request going alone takes the slot
     assert lane.busy
     waiters = [asyncio.ensure_future(lane.merge([event("t", name)])) for name in "abcde"]
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)     # one turn of the loop, not a timed wait: the tasks reach the lane
     assert sent == []                                # nothing goes while the slot is taken
     lane.leave_alone()
-    await asyncio.sleep(0)
+    await eventually(lambda: sent, "the first merged send")
     assert sent == [["a", "b", "c"]]                 # one send, up to max_events
     release.set()
     answers = await asyncio.gather(*waiters)
@@ -78,30 +88,50 @@ async def test_a_failed_merged_send_tells_every_waiter() -> None:
     lane = Lane(send_merged, slots=1)
     lane.enter_alone()
     waiters = [asyncio.ensure_future(lane.merge([event("t")])) for _ in range(3)]
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)     # one turn of the loop, not a timed wait: the tasks reach the lane
     lane.leave_alone()
     answers = await asyncio.gather(*waiters)
     assert [answer.accepted for answer in answers] == [False, False, False]
-    await asyncio.sleep(0)
+    await eventually(lambda: errors, "the failed send's error to be reported")
     assert len(errors) == 1 and isinstance(errors[0], ConnectionError)
     assert not lane.busy
     loop.set_exception_handler(None)
 
 
+async def busy_slot(make_relay: RelayFactory, us: FakeUpstream, query: str,
+                    headers: dict[str, str]) -> tuple[Client, CollectorRegistry, Pending]:
+    """A relay with one coalescing slot, taken by a request alone that `us` holds (until
+    `us.release()`): what comes next waits to merge."""
+    registry = CollectorRegistry()
+    client = await make_relay({"coalesce": {"enabled": True, "slots": 1}}, registry=registry)
+    us.hold()
+    first = asyncio.ensure_future(client.post(f"/track/?{query}", headers={**FORM, **headers},
+                                              data=browser_form([event("t", "alone")])))
+    await eventually(lambda: len(us.received) == 1, "the first request upstream")
+    return client, registry, first
+
+
+async def waiting_behind(registry: CollectorRegistry, count: int) -> None:
+    """Wait until `count` requests are in the relay besides the one held upstream: read and
+    their bodies already read, nothing between there and the lane waits: they wait to merge."""
+    await eventually(lambda: sample(registry, "mixpanel_proxy_in_flight_requests") == count + 1,
+                     f"{count} requests waiting behind the busy slot")
+
+
 async def test_through_the_relay_concurrent_tracks_merge_with_their_own_ips(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream]) -> None:
-    client = await make_relay({"coalesce": {"enabled": True, "slots": 1}})
-    upstreams["us"].delay = 0.3
-    first = asyncio.ensure_future(client.post(
-        "/track/?ip=1&_=1", data=browser_form([event("t", "alone")]),
-        headers={**FORM, "X-Forwarded-For": "198.51.100.1"}))
-    await asyncio.sleep(0.1)                       # the only slot is now busy upstream
+    us = upstreams["us"]
+    client, registry, first = await busy_slot(make_relay, us, "ip=1&_=1",
+                                              {"X-Forwarded-For": "198.51.100.1"})
     ips = [f"203.0.113.{n}" for n in range(1, 6)]
     queries = ["verbose=1&ip=1&_=2", "ip=1&_=3", "ip=0&_=4", "verbose=1&ip=1", "ip=1"]
     merged = [asyncio.ensure_future(client.post(
         f"/track/?{query}", data=browser_form([event("t", f"e{n}")]),
         headers={**FORM, "X-Forwarded-For": ip}))
         for n, (query, ip) in enumerate(zip(queries, ips, strict=True))]
+    await waiting_behind(registry, 5)              # the only slot is busy upstream
+    assert len(us.received) == 1
+    us.release()
     responses = [*await asyncio.gather(first, *merged)]
     assert [r.status for r in responses] == [200] * 6
     assert [await r.text() for r in responses[1:]] == [
@@ -118,16 +148,15 @@ async def test_through_the_relay_concurrent_tracks_merge_with_their_own_ips(
 
 async def test_a_refused_merged_batch_falls_back_to_each_request_alone(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream]) -> None:
-    client = await make_relay({"coalesce": {"enabled": True, "slots": 1}})
-    upstreams["us"].delay = 0.2
-    upstreams["us"].answer(200, {"status": 0, "error": "invalid data"},
-                           {"Content-Type": "application/json"})
-    first = asyncio.ensure_future(client.post("/track/?ip=1", data=browser_form(
-        [event("t", "alone")]), headers=FORM))
-    await asyncio.sleep(0.05)
+    us = upstreams["us"]
+    us.answer(200, {"status": 0, "error": "invalid data"}, {"Content-Type": "application/json"})
+    client, registry, first = await busy_slot(make_relay, us, "ip=1", {})
     bodies = [browser_form([event("t", f"e{n}")]) for n in range(3)]
-    others = (await asyncio.gather(first, *(client.post("/track/?ip=1&verbose=1", data=body,
-                                                        headers=FORM) for body in bodies)))[1:]
+    waiting = [asyncio.ensure_future(client.post("/track/?ip=1&verbose=1", data=body,
+                                                 headers=FORM)) for body in bodies]
+    await waiting_behind(registry, 3)
+    us.release()
+    others = (await asyncio.gather(first, *waiting))[1:]
     # Each client is answered from its own upstream exchange: Mixpanel's own refusal.
     assert [await r.json() for r in others] == [{"status": 0, "error": "invalid data"}] * 3
     received = upstreams["us"].received

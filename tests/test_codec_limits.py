@@ -48,6 +48,7 @@ def probe(coding: str, mib: int, tmp_path: Path) -> dict[str, object]:
     return result
 
 
+@pytest.mark.slow   # a probe process per coding, inflating to the limit
 @pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
 def test_ten_gb_bomb_is_refused_at_the_limit_with_flat_memory(coding: str,
                                                              tmp_path: Path) -> None:

@@ -71,6 +71,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
                           text=True, timeout=30, env=env)
 
 
+@pytest.mark.slow   # the CLI as processes
 def test_check_cli(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[routing]\ndefault_region = "mars"\n[server]\nlisten = "x"\n')
@@ -89,6 +90,7 @@ def test_check_cli(tmp_path: Path) -> None:
     assert result.returncode == 2 and "not valid TOML" in result.stderr
 
 
+@pytest.mark.slow   # a relay process that refuses to start
 def test_serve_refuses_a_bad_config_from_the_environment(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[server]\nworkers = 0\n')

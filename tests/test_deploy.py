@@ -167,6 +167,7 @@ def _healthcheck_command() -> list[str]:
     return command
 
 
+@pytest.mark.slow   # a relay process
 async def test_the_healthcheck_command_passes_on_a_live_relay_and_fails_without_one(
         tmp_path: Path) -> None:
     relay = RelayProcess(tmp_path, {"server": {"workers": 1}})

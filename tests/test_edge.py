@@ -19,9 +19,13 @@ from prometheus_client import CollectorRegistry
 from proxy.app import create_app
 from proxy.config import parse_config
 from tests.conftest import US_TOKEN, RelayFactory, relay_config
+from tests.support import rawhttp
 from tests.support.edge_server import EdgeTestServer
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import browser_form, event
+from tests.support.metrics import sample
+from tests.support.rawhttp import Answer, read_answer
+from tests.support.waits import eventually
 
 Client = TestClient[Any, Any]
 BODY = browser_form([event(US_TOKEN)])
@@ -37,42 +41,14 @@ def track(body: bytes = BODY, target: str = "/track/?ip=1&verbose=1", version: s
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n"
 
 
-async def exchange(client: Client, data: bytes, answers: int,
-                   pieces: int = 1) -> tuple[list[tuple[int, dict[str, str], bytes]], bool]:
-    """Send `data` (in `pieces` writes), read `answers` answers; and whether the relay closed."""
+async def exchange(client: Client, data: bytes, answers: int, pieces: int = 1,
+                   until_close: bool = False) -> tuple[list[Answer], bool]:
     assert client.port is not None
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-    try:
-        step = -(-len(data) // pieces)
-        for start in range(0, len(data), step):
-            writer.write(data[start:start + step])
-            await writer.drain()
-            if pieces > 1:
-                await asyncio.sleep(0.05)
-        results = [await asyncio.wait_for(read_answer(reader), 5) for _ in range(answers)]
-        closed = await asyncio.wait_for(reader.read(1), 0.5) == b"" if answers else False
-    except TimeoutError:
-        closed = False
-    finally:
-        writer.close()
-    return results, closed
-
-
-async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        if line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return int(lines[0].split(" ")[1]), headers, body
+    return await rawhttp.exchange(client.port, data, answers, pieces, until_close)
 
 
 def handovers(registry: CollectorRegistry) -> dict[str, float]:
-    return {reason: registry.get_sample_value("mixpanel_proxy_edge_handovers_total",
-                                              {"reason": reason}) or 0.0
+    return {reason: sample(registry, "mixpanel_proxy_edge_handovers_total", reason=reason)
             for reason in ("target", "method", "framing", "head")}
 
 
@@ -147,7 +123,7 @@ async def test_bare_lf_heads_are_left_to_aiohttp(
     client = await make_relay(registry=registry)
     smuggle = (b"POST /track/ HTTP/1.1\nHost: relay\nContent-Length: 0\n\n"
                b"GET /engage/ HTTP/1.1\r\nHost: relay\r\n\r\n")
-    answers, closed = await exchange(client, smuggle, 1)
+    answers, closed = await exchange(client, smuggle, 1, until_close=True)
     assert answers[0][0] == 400 and closed          # aiohttp's parser refuses bare LFs
     assert handovers(registry)["head"] == 1
     assert upstreams["us"].received == []
@@ -157,13 +133,13 @@ async def test_http10_and_connection_close_end_the_connection(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream]) -> None:
     client = await make_relay()
     for request in (track(version="1.0"), track(extra="Connection: close\r\n")):
-        answers, closed = await exchange(client, request, 1)
+        answers, closed = await exchange(client, request, 1, until_close=True)
         assert answers[0][0] == 200 and answers[0][1]["connection"] == "close"
         assert closed
     keep = track(version="1.0", extra="Connection: keep-alive\r\n")
-    answers, closed = await exchange(client, keep + keep, 2)
+    answers, _ = await exchange(client, keep + keep, 2)     # the second answer: still open
     assert [a[0] for a in answers] == [200, 200]
-    assert answers[0][1]["connection"] == "keep-alive" and not closed
+    assert [a[1]["connection"] for a in answers] == ["keep-alive", "keep-alive"]
     assert len(upstreams["us"].received) == 4
 
 
@@ -172,18 +148,19 @@ async def test_a_client_that_leaves_mid_request_loses_nothing(
     """The client hangs up while the upstream is answering: the request still reaches the
     upstream once, and the relay goes on serving."""
     client = await make_relay()
-    upstreams["us"].delay = 0.3
+    us = upstreams["us"]
+    us.hold()
     assert client.port is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
     writer.write(track())
     await writer.drain()
-    await asyncio.sleep(0.1)
-    writer.close()
-    await asyncio.sleep(0.4)
-    upstreams["us"].delay = 0.0
+    await eventually(lambda: len(us.received) == 1, "the request to reach the upstream")
+    writer.close()                      # gone before the upstream answers
+    await writer.wait_closed()
+    us.release()
     answers, _ = await exchange(client, track(), 1)
     assert answers[0][0] == 200
-    assert len(upstreams["us"].received) == 2
+    assert len(us.received) == 2
 
 
 async def test_stopping_lets_requests_in_flight_finish(upstreams: dict[str, FakeUpstream]) -> None:
@@ -193,18 +170,23 @@ async def test_stopping_lets_requests_in_flight_finish(upstreams: dict[str, Fake
     server = EdgeTestServer(create_app(config, registry=CollectorRegistry()), host="127.0.0.1")
     await server.start_server()
     assert server.port is not None
-    upstreams["us"].delay = 0.3
+    us = upstreams["us"]
+    us.hold()
     busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", server.port)
     idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", server.port)
     busy_writer.write(track())
     await busy_writer.drain()
-    await asyncio.sleep(0.1)
+    await eventually(lambda: len(us.received) == 1, "the request to reach the upstream")
     stopping = asyncio.create_task(server.close())
+    # The idle connection is closed while the busy one still waits on the upstream ...
+    assert await asyncio.wait_for(idle_reader.read(1), 5) == b""
+    assert not stopping.done()
+    us.release()
+    # ... which is answered once the upstream answers, and told the connection ends.
     status, headers, _ = await asyncio.wait_for(read_answer(busy_reader), 5)
     await stopping
     assert status == 200 and headers["connection"] == "close"
-    assert await asyncio.wait_for(idle_reader.read(1), 1) == b""
-    assert len(upstreams["us"].received) == 1
+    assert len(us.received) == 1
     busy_writer.close()
     idle_writer.close()
 
@@ -243,7 +225,7 @@ async def test_random_mixes_and_splits_keep_every_request_in_order(
             for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
                 writer.write(data[start:end])
                 await writer.drain()
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)      # paces traffic: each cut arrives as its own read
             answers = [await asyncio.wait_for(read_answer(reader), 5) for _ in statuses]
         finally:
             writer.close()

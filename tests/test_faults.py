@@ -24,7 +24,8 @@ from tests.support.fake_cdn import FakeCdn
 from tests.support.fakes import FakeUpstream
 from tests.support.faulty import Ledger, RawUpstream, closed_port, insert_ids, numbered_events
 from tests.support.helpers import FORM
-from tests.support.processes import eventually
+from tests.support.metrics import sample
+from tests.support.waits import eventually
 
 REQUESTS = 5
 READ_TIMEOUT = 0.5
@@ -105,8 +106,7 @@ async def send_events(client: Any, prefix: str, count: int = REQUESTS) -> Ledger
 
 
 def failures(registry: CollectorRegistry, kind: str) -> float:
-    return registry.get_sample_value("mixpanel_proxy_upstream_failures_total",
-                                     {"region": "us", "kind": kind}) or 0.0
+    return sample(registry, "mixpanel_proxy_upstream_failures_total", region="us", kind=kind)
 
 
 def check_refusals(ledger: Ledger, fault: Fault) -> None:

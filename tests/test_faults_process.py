@@ -12,27 +12,24 @@ import base64
 import json
 import os
 import resource
-import signal
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import pytest
 
 from tests.conftest import EU_TOKEN, US_TOKEN, relay_config
 from tests.support.fakes import FakeUpstream
 from tests.support.faulty import Ledger, insert_ids, numbered_events
 from tests.support.helpers import FORM
-from tests.support.processes import RelayProcess, eventually
+from tests.support.processes import RelayProcess
+from tests.support.waits import eventually
+
+pytestmark = pytest.mark.slow   # relay process trees, SIGKILLed and restarted
 
 REQUESTS = 8
-
-
-def kill_everything(relay: RelayProcess) -> None:
-    for pid in relay.worker_pids():
-        os.kill(pid, signal.SIGKILL)
-    relay.send(signal.SIGKILL)
 
 
 async def post_all(url: str, token: str, prefix: str, count: int = REQUESTS) -> Ledger:
@@ -62,12 +59,12 @@ async def test_sigkill_mid_request_without_spool(
     """Killed while the upstream holds the requests: the clients get no answer (not a 200), so
     their SDKs keep the events and resend them; nothing was vouched for."""
     us = upstreams["us"]
-    us.delay = 5.0
+    us.hold()
     relay = RelayProcess(tmp_path, relay_config(upstreams))
     await relay.start()
     sending = asyncio.create_task(post_all(relay.url, US_TOKEN, "kill-plain"))
     await eventually(lambda: len(us.received) == REQUESTS, what="the requests to be upstream")
-    kill_everything(relay)
+    relay.kill_all()
     ledger = await sending
     assert ledger.statuses() == {0}                    # connection dropped, no answer at all
     assert insert_ids(us.received) == set(ledger.answers)   # they did reach the upstream
@@ -84,7 +81,7 @@ async def test_sigkill_after_store_first_loses_nothing(
     await first.start()
     ledger = await post_all(first.url, US_TOKEN, "kill-spooled")
     assert ledger.statuses() == {200}
-    kill_everything(first)
+    first.kill_all()
     await first.wait()
     us.answer(200)
     us.clear()            # every attempt so far was answered 503: nothing was delivered yet

@@ -19,6 +19,7 @@ import re
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -119,6 +120,7 @@ def plan_or_refusal(routed: RoutedRequest, strict: bool, mode: str) -> Plan | No
     return plan
 
 
+@pytest.mark.slow   # 300 routed examples: seconds
 @FUZZ
 @given(records=st.lists(RECORDS, min_size=1, max_size=8),
        endpoint=st.sampled_from(["track", "engage", "groups", "import"]),

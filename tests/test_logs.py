@@ -16,7 +16,8 @@ from proxy.ops.logs import JsonFormatter
 from tests.conftest import relay_config
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form, event
-from tests.support.processes import RelayProcess, eventually
+from tests.support.processes import RelayProcess
+from tests.support.waits import eventually
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from proxy.ops.routes import OPS_LISTENER_KEY
 from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form, event
-from tests.support.scrape import Samples, scrape, value
+from tests.support.metrics import Samples, sample, scrape, value
 
 STRICT = {"routing": {"strict": True}, "cors": {"allowed_origins": ["https://shop.example"]},
           "limits": {"body": {"track": 400}}}
@@ -112,8 +112,7 @@ async def test_scrapes_only_from_allowed_peers(make_relay: RelayFactory) -> None
             "status": 0, "error": f"{path} is served only to [metrics] allow addresses"}
     # Both refusals were counted (read through the registry: this relay lets nobody scrape).
     registry = client.app[METRICS_KEY].registry
-    assert registry.get_sample_value("mixpanel_proxy_rejections_total",
-                                     {"reason": "ops_refused"}) == 2
+    assert sample(registry, "mixpanel_proxy_rejections_total", reason="ops_refused") == 2
 
 
 async def test_separate_listener_serves_scrapes_instead_of_the_main_one(

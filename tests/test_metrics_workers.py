@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import relay_config
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form, event
-from tests.support.processes import RelayProcess, eventually
+from tests.support.processes import RelayProcess
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.slow
 

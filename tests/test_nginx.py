@@ -9,23 +9,28 @@ import asyncio
 import json
 import subprocess
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 from yarl import URL
 
 from proxy.assets.names import is_immutable
 from proxy.endpoints import DEFAULT_BODY_LIMITS
-from tests.conftest import relay_config
+from tests.conftest import relay_config, running_cdn, running_upstreams
 from tests.support.fake_cdn import FakeCdn
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form, event
 from tests.support.processes import NginxFront, RelayProcess
 
 pytestmark = pytest.mark.nginx
+# The stack's relay, nginx and fakes live for the whole module, on one event loop: every test
+# that uses them runs on that loop too.
+on_module_loop = pytest.mark.asyncio(loop_scope="module")
 
 ORIGIN = "https://shop.example"
 
@@ -42,20 +47,43 @@ class Stack:
         return aiohttp.ClientSession(self.front.url, connector=connector)
 
 
-@pytest.fixture
-async def stack(upstreams: dict[str, FakeUpstream], fake_cdn: FakeCdn,
-                tmp_path: Path) -> AsyncIterator[Stack]:
-    config = relay_config(upstreams, {"server": {"workers": 2},
-                                      "assets": {"cdn_url": fake_cdn.url}})
-    relay = RelayProcess(tmp_path, config)
-    await relay.start()
-    front = NginxFront(relay.port)
-    try:
-        await front.start()
-        yield Stack(relay, front, upstreams, fake_cdn)
-    finally:
-        front.stop()
-        await relay.stop()
+@asynccontextmanager
+async def running_stack(workdir: Path) -> AsyncIterator[Stack]:
+    """A 2-worker relay behind the shipped nginx, with its own fake regions and CDN."""
+    async with running_upstreams() as upstreams, running_cdn() as cdn:
+        config = relay_config(upstreams, {"server": {"workers": 2},
+                                          "assets": {"cdn_url": cdn.url}})
+        relay = RelayProcess(workdir, config)
+        await relay.start()
+        front = NginxFront(relay.port)
+        try:
+            await front.start()
+            yield Stack(relay, front, upstreams, cdn)
+        finally:
+            front.stop()
+            await relay.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    async with running_stack(tmp_path_factory.mktemp("stack")) as stack:
+        yield stack
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def stack(shared_stack: Stack) -> Stack:
+    """The module's stack, its fakes as new: nothing recorded, answering like Mixpanel. (Tests
+    that stop a part of it, or need a cold nginx cache, use `own_stack`.)"""
+    assert not shared_stack.relay.process_exited(), shared_stack.relay.stderr
+    for fake in shared_stack.upstreams.values():
+        fake.reset()
+    return shared_stack
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def own_stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with running_stack(tmp_path) as stack:
+        yield stack
 
 
 def test_shipped_config_passes_nginx_t() -> None:
@@ -108,6 +136,7 @@ def _received_from(upstream: FakeUpstream, insert_id: str) -> dict[str, str]:
     # hop is not trusted by default (any host of the VPC could name any client).
     ("127.0.0.1", "6.6.6.6, 203.0.113.9, 10.1.2.3", "10.1.2.3"),
 ])
+@on_module_loop
 async def test_client_ip_reaches_the_upstream(stack: Stack, source_ip: str, xff: str | None,
                                               expected: str) -> None:
     insert_id = f"ip-{source_ip}-{xff}".replace(" ", "")
@@ -120,6 +149,7 @@ async def test_client_ip_reaches_the_upstream(stack: Stack, source_ip: str, xff:
     assert received["X-Real-IP"] == expected
 
 
+@on_module_loop
 async def test_a_forged_cf_connecting_ip_does_not_reach_the_relay(stack: Stack) -> None:
     async with stack.session("127.0.0.2") as session:
         status, _ = await _track(session, "cf-forged", {"CF-Connecting-IP": "6.6.6.6"})
@@ -137,6 +167,7 @@ def _body_of_size(size: int) -> bytes:
 
 
 @pytest.mark.parametrize("path", ["/track/", "/import", "/record/?format=body"])
+@on_module_loop
 async def test_bodies_at_the_limit_pass_and_over_it_get_a_json_413(stack: Stack,
                                                                    path: str) -> None:
     endpoint = path.strip("/").split("/")[0].split("?")[0]
@@ -161,6 +192,7 @@ async def test_bodies_at_the_limit_pass_and_over_it_get_a_json_413(stack: Stack,
     ("/flags/", DEFAULT_BODY_LIMITS["flags"]), ("/settings/", DEFAULT_BODY_LIMITS["settings"]),
     ("/eu/track/", DEFAULT_BODY_LIMITS["track"]),
 ])
+@on_module_loop
 async def test_every_endpoint_limit_matches_the_relay(stack: Stack, path: str, limit: int) -> None:
     async with stack.session() as session:
         async with session.post(path, data=b"x" * (limit + 1), headers=FORM) as response:
@@ -169,6 +201,7 @@ async def test_every_endpoint_limit_matches_the_relay(stack: Stack, path: str, l
     assert all(not fake.received for fake in stack.upstreams.values())
 
 
+@on_module_loop
 async def test_metrics_and_status_are_refused_from_outside(stack: Stack) -> None:
     async with stack.session() as session:
         for path in ("/metrics", "/status", "//metrics", "/%6Detrics", "/./status"):
@@ -182,7 +215,9 @@ async def test_metrics_and_status_are_refused_from_outside(stack: Stack) -> None
             assert response.status == 200
 
 
-async def test_libs_are_served_from_the_nginx_cache(stack: Stack) -> None:
+@on_module_loop
+async def test_libs_are_served_from_the_nginx_cache(own_stack: Stack) -> None:
+    stack = own_stack              # it stops the relay, and needs nginx's cache cold
     hashed = next(name for name in stack.cdn.files if is_immutable(name)
                   and name.endswith(".min.js"))
     paths = ["/libs/mixpanel-2-latest.min.js", f"/libs/{hashed}", "/lib.min.js"]
@@ -210,6 +245,7 @@ async def test_libs_are_served_from_the_nginx_cache(stack: Stack) -> None:
     assert stack.cdn.count() == fetched
 
 
+@on_module_loop
 async def test_http_redirects_to_https_keeping_the_method(stack: Stack) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.post(f"http://127.0.0.1:{stack.front.http_port}/track/",
@@ -220,6 +256,7 @@ async def test_http_redirects_to_https_keeping_the_method(stack: Stack) -> None:
             assert response.status == 200               # for plain-HTTP health checks
 
 
+@on_module_loop
 async def test_http2_is_offered() -> None:
     """Checked with curl, which speaks HTTP/2 (Python's aiohttp client does not)."""
     front = NginxFront(relay_port=9)       # nothing listens there: nginx answers a JSON 503
@@ -233,6 +270,7 @@ async def test_http2_is_offered() -> None:
         front.stop()
 
 
+@on_module_loop
 async def test_rate_limit_is_per_client_ip_and_answers_a_json_503(stack: Stack) -> None:
     refusals: list[tuple[dict[str, str], Any]] = []
 

@@ -127,7 +127,8 @@ def test_truncation_prefixes_and_non_ips() -> None:
 
 
 def test_insert_ids_added_once_stably_and_only_when_allowed() -> None:
-    bare = {"event": "e", "properties": {"token": "t", "distinct_id": "d", "time": 1}}
+    bare: dict[str, Any] = {"event": "e", "properties": {"token": "t", "distinct_id": "d",
+                                                          "time": 1}}
     when_rewriting = policy()
     records = [copy.deepcopy(bare)]
     assert not when_rewriting.add_insert_ids("track", records, rewriting=False)
@@ -139,7 +140,7 @@ def test_insert_ids_added_once_stably_and_only_when_allowed() -> None:
     again = [copy.deepcopy(bare)]
     when_rewriting.add_insert_ids("import", again, rewriting=True)
     assert again[0]["properties"]["$insert_id"] == insert_id     # an SDK resend dedups
-    other = [{"event": "e", "properties": {**bare["properties"], "time": 2}}]
+    other: list[dict[str, Any]] = [{"event": "e", "properties": {**bare["properties"], "time": 2}}]
     when_rewriting.add_insert_ids("track", other, rewriting=True)
     assert other[0]["properties"]["$insert_id"] != insert_id
     kept = [browser_event()]
@@ -186,6 +187,7 @@ any_events = st.lists(st.builds(
                     max_size=4)), min_size=1, max_size=8)
 
 
+@pytest.mark.slow   # 120 routed examples: seconds
 @settings(max_examples=120, deadline=None)
 @given(events=any_events, projects=st.booleans(), allow=st.booleans())
 def test_the_router_never_alters_what_mixpanel_dedups_or_routes_on(

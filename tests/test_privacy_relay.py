@@ -15,6 +15,7 @@ from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
 from tests.support.bombs import gzip_zeros
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import BEACON, FORM, as_base64, basic, browser_form, event, raw_url
+from tests.support.metrics import sample
 
 EMAIL = r"[\w.+-]+@[\w-]+\.[\w.]+"
 SCRUB = {"privacy": {"drop_properties": ["$email"], "redact_patterns": [EMAIL],
@@ -40,8 +41,7 @@ def scrubbed(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def rewritten(registry: CollectorRegistry) -> float:
-    return registry.get_sample_value("mixpanel_proxy_rewritten_payloads_total",
-                                     {"endpoint": "track"}) or 0.0
+    return sample(registry, "mixpanel_proxy_rewritten_payloads_total", endpoint="track")
 
 
 async def test_browser_batch_arrives_scrubbed_and_gzipped(

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form, event
+from tests.support.metrics import sample
 
 ORIGIN = {"Origin": "https://shop.example"}
 # A rate so slow that no token comes back during the test: the burst alone decides.
@@ -20,8 +21,7 @@ SLOW = 0.01
 
 
 def rejected(registry: CollectorRegistry) -> float:
-    return registry.get_sample_value("mixpanel_proxy_rejections_total",
-                                     {"reason": "rate_limit"}) or 0.0
+    return sample(registry, "mixpanel_proxy_rejections_total", reason="rate_limit")
 
 
 async def post_track(client: Any, token: str, headers: dict[str, str] | None = None) -> Any:

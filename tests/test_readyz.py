@@ -3,7 +3,6 @@ only when `[health] require_regions` asks (see tests/test_ops_private.py for the
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from proxy.ops.routes import READINESS_KEY
 from tests.conftest import EU_TOKEN, IN_TOKEN, US_TOKEN, RelayFactory
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form, event
+from tests.support.waits import eventually
 
 ALL = {"regions": ["us", "eu", "in"], "require_regions": True}
 PROBING = {"health": {"probe_interval": 0.05, "probe_timeout": 0.5, "max_age": 0, **ALL}}
@@ -30,14 +30,14 @@ async def readyz(client: TestClient[Any, Any]) -> tuple[int, dict[str, Any]]:
 
 
 async def wait_for(client: TestClient[Any, Any], ready: bool) -> dict[str, Any]:
-    """Poll /readyz (as a load balancer would) until it says `ready`; 10 s at most."""
-    for _ in range(200):
+    """Poll /readyz (as a load balancer would) until it says `ready`."""
+    async def answer() -> dict[str, Any] | None:
         status, body = await readyz(client)
-        if (status == 200) == ready:
-            assert body["ready"] is ready
-            return body
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"/readyz never became ready={ready}: {body}")
+        return body if (status == 200) == ready else None
+
+    body: dict[str, Any] = await eventually(answer, f"/readyz to say ready={ready}", timeout=10)
+    assert body["ready"] is ready
+    return body
 
 
 async def send(client: TestClient[Any, Any], region: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -10,6 +11,7 @@ from tests.conftest import RelayFactory
 from tests.support.fakes import FakeUpstream
 from tests.support.faulty import closed_port
 from tests.support.helpers import FORM, basic
+from tests.support.rawhttp import exchange_to_eof
 
 ORIGIN = {"Origin": "https://shop.example"}
 
@@ -27,7 +29,7 @@ async def test_upstream_down_is_503_with_retry_after(make_relay: RelayFactory) -
 async def test_slow_upstream_times_out_to_503(make_relay: RelayFactory,
                                               upstreams: dict[str, FakeUpstream]) -> None:
     client = await make_relay({"upstream": {"read_timeout": 0.2, "retry_after": 3}})
-    upstreams["us"].delay = 1.0
+    upstreams["us"].hold()                  # it never answers
     response = await client.post("/track/", data=b"data=x", headers=FORM)
     assert (response.status, response.headers["Retry-After"]) == (503, "3")
     assert "did not answer in time" in (await response.json())["error"]
@@ -35,12 +37,16 @@ async def test_slow_upstream_times_out_to_503(make_relay: RelayFactory,
 
 async def test_settings_has_its_own_short_timeout(make_relay: RelayFactory,
                                                   upstreams: dict[str, FakeUpstream]) -> None:
-    client = await make_relay({"upstream": {"settings_timeout": 0.1}})
-    upstreams["us"].delay = 0.3
-    started = asyncio.get_running_loop().time()
-    response = await client.get("/settings/", headers={"Authorization": basic("t")})
+    client = await make_relay({"upstream": {"settings_timeout": 0.1, "read_timeout": 60.0}})
+    us = upstreams["us"]
+    us.hold()                         # the upstream never answers while held
+    # Answered while the upstream still holds the request: only settings_timeout can have ended
+    # it (read_timeout would take a minute; the bound here only catches that).
+    response = await asyncio.wait_for(
+        client.get("/settings/", headers={"Authorization": basic("t")}), 30)
     assert response.status == 503
-    assert asyncio.get_running_loop().time() - started < 0.3   # answered before the SDK's abort
+    assert [r.path for r in us.received] == ["/settings/"]
+    us.release()
     assert (await client.post("/track/", data=b"data=x", headers=FORM)).status == 200
 
 
@@ -122,7 +128,8 @@ async def test_body_limits_on_both_sides(make_relay: RelayFactory,
     assert (await over.json())["error"] == (
         f"the body exceeds the {limit}-byte limit for /{endpoint}")
 
-    async def chunked(size: int):  # no Content-Length: the limit must hold while reading
+    # No Content-Length: the limit must hold while reading.
+    async def chunked(size: int) -> AsyncIterator[bytes]:
         yield b"d" * size
 
     over_chunked = await client.post(f"/{endpoint}/", data=chunked(limit + 1))
@@ -147,6 +154,7 @@ async def test_refusals_are_json_and_never_forwarded(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream]) -> None:
     client = await make_relay()
     port = client.port
+    assert port is not None
     cases = [
         (b"GET http://evil.example/track/ HTTP/1.1\r\nHost: evil.example\r\n", 400),
         (b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n", 405),
@@ -156,12 +164,7 @@ async def test_refusals_are_json_and_never_forwarded(
         (b"GET //evil.example/track HTTP/1.1\r\nHost: x\r\n", 404),
     ]
     for request, status in cases:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(request + b"Connection: close\r\n\r\n")
-        await writer.drain()
-        raw = await reader.read()
-        writer.close()
-        head, _, body = raw.partition(b"\r\n\r\n")
-        assert head.split(b" ")[1] == str(status).encode(), request
-        assert b"application/json" in head and body.startswith(b'{"status":0,"error":'), raw
+        got, head, body = await exchange_to_eof(port, request + b"Connection: close\r\n\r\n")
+        assert got == status, request
+        assert b"application/json" in head and body.startswith(b'{"status":0,"error":'), body
     assert not any(fake.received for fake in upstreams.values())

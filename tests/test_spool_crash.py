@@ -3,35 +3,23 @@ drain and started again: nothing it answered for is lost; the duplicates are cou
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.conftest import US_TOKEN, relay_config
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form
-from tests.support.processes import RelayProcess, eventually
+from tests.support.metrics import scrape_url, value
+from tests.support.processes import RelayProcess
+from tests.support.waits import eventually
 from tests.test_spool import fresh, on_disk, spool_config
 
+pytestmark = pytest.mark.slow   # relay process trees, SIGKILLed and restarted
+
 REQUESTS = 40
-
-
-async def metric(relay: RelayProcess, name: str) -> float:
-    async with aiohttp.ClientSession() as session, \
-            session.get(f"{relay.url}/metrics") as response:
-        text = await response.text()
-    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
-def kill_everything(relay: RelayProcess) -> None:
-    """SIGKILL the workers and the supervisor: no cleanup of any kind runs."""
-    for pid in relay.worker_pids():
-        os.kill(pid, signal.SIGKILL)
-    relay.send(signal.SIGKILL)
 
 
 async def test_sigkill_mid_drain_loses_nothing(
@@ -54,7 +42,7 @@ async def test_sigkill_mid_drain_loses_nothing(
     us.delay = 0.3                                   # slow acceptance: sends are in flight
     us.clear()
     await eventually(lambda: len(us.received) >= 10, what="the drain to be under way")
-    kill_everything(first)
+    first.kill_all()
     assert await first.wait() == -signal.SIGKILL
     left = len(on_disk(tmp_path))
     assert 0 < left < REQUESTS, left
@@ -67,7 +55,8 @@ async def test_sigkill_mid_drain_loses_nothing(
         received = [item.body for item in us.received if item.path == "/track/"]
         assert set(received) == set(bodies)                       # nothing lost
         duplicates = len(received) - len(set(received))
-        counted = await metric(second, "mixpanel_proxy_spool_redeliveries_total")
+        counted = value(await scrape_url(f"{second.url}/metrics"),
+                        "mixpanel_proxy_spool_redeliveries_total") or 0.0
         assert counted >= duplicates            # every duplicate was announced as possible
         assert counted <= 4                     # at most drain_concurrency were in flight
     finally:

@@ -18,7 +18,8 @@ from proxy.spool import SpoolError
 from tests.conftest import US_TOKEN, RelayFactory, relay_config
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form
-from tests.support.processes import REPO, eventually
+from tests.support.processes import REPO
+from tests.support.waits import eventually
 from tests.test_spool import fresh, on_disk, spool_config
 
 
@@ -64,6 +65,7 @@ def damage_pages(path: Path) -> None:
         file.write(b"\xde\xad\xbe\xef" * 4096)
 
 
+@pytest.mark.slow   # relay processes that refuse to start
 @pytest.mark.parametrize("corrupt", ["not_sqlite", "damaged_pages"])
 def test_corrupt_spool_stops_the_start(tmp_path: Path, corrupt: str) -> None:
     spool = tmp_path / "spool.db"

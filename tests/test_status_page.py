@@ -17,8 +17,6 @@ from tests.support.fake_cdn import FakeCdn
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form, event
 
-pytestmark = pytest.mark.browser
-
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run", "--disable-sync",
@@ -81,6 +79,7 @@ async def traffic(client: Any, upstreams: dict[str, FakeUpstream]) -> None:
     assert (await client.get("/nope")).status == 404
 
 
+@pytest.mark.browser
 async def test_status_page_renders_regions_requests_and_components(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
     client = await make_relay({"health": {"probe_interval": 0, "max_age": 0,
@@ -88,7 +87,7 @@ async def test_status_page_renders_regions_requests_and_components(
     board = client.app[STATUS_BOARD_KEY]
     board.sample()
     await traffic(client, upstreams)
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)    # paces the two samples apart: a rate needs time between them
     board.sample()
     url = str(client.make_url("/status"))
     dom = await chromium(url, tmp_path / "profile", "--dump-dom")
@@ -114,6 +113,7 @@ async def test_status_page_renders_regions_requests_and_components(
         assert reference not in dom
 
 
+@pytest.mark.browser
 async def test_status_page_screenshot_is_a_drawn_page(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
     client = await make_relay({"health": {"probe_interval": 0, "max_age": 0}}, projects=True)

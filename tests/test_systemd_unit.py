@@ -21,7 +21,8 @@ from proxy.config.crosscheck import deployment_problems
 from proxy.server.supervisor import KILL_GRACE
 from tests.conftest import relay_config
 from tests.support.fakes import FakeUpstream
-from tests.support.processes import REPO, RelayProcess, eventually
+from tests.support.processes import REPO, RelayProcess
+from tests.support.waits import eventually
 
 UNIT = REPO / "deploy" / "systemd" / "mixpanel-proxy.service"
 CONFIG = REPO / "deploy" / "systemd" / "relay.toml"

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 
 import pytest
 import trustme
@@ -16,29 +15,9 @@ from yarl import URL
 from proxy.config.sections import UpstreamConfig
 from proxy.upstream.client import UpstreamClient, UpstreamFailure
 from proxy.upstream.http1 import MAX_RESPONSE_BYTES
+from tests.support.rawhttp import raw_server, read_request
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1"
-
-
-@asynccontextmanager
-async def raw_server(handler: Handler,
-                     ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[URL]:
-    server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=ssl_context)
-    port = server.sockets[0].getsockname()[1]
-    scheme = "https" if ssl_context else "http"
-    host = "localhost" if ssl_context else "127.0.0.1"
-    try:
-        yield URL(f"{scheme}://{host}:{port}/track/?ip=1", encoded=True)
-    finally:
-        server.close()
-
-
-async def read_request(reader: asyncio.StreamReader) -> bytes:
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                   if line.lower().startswith(b"content-length:")), 0)
-    return head + await reader.readexactly(length)
 
 
 @pytest.fixture
@@ -168,7 +147,7 @@ async def test_broken_answers_become_failures(client: UpstreamClient, response: 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         if response is None:
-            await asyncio.sleep(2)          # accept, then hang past the read timeout
+            await asyncio.sleep(2)          # paces the answer: hang past the read timeout
         writer.write(response or b"")
         await writer.drain()
         writer.close()
@@ -198,7 +177,7 @@ async def test_oversized_answer_is_refused(client: UpstreamClient) -> None:
 
 
 async def test_connection_refused_and_header_injection(client: UpstreamClient) -> None:
-    async with raw_server(lambda r, w: asyncio.sleep(0)) as url:
+    async with raw_server(lambda r, w: asyncio.sleep(0)) as url:   # no-op handler, no wait
         pass                                 # closed: nothing listens on that port now
     with pytest.raises(UpstreamFailure) as caught:
         await client.send("GET", url, {}, None)

@@ -13,13 +13,13 @@ from tests.support.browser import (
     Site,
     basic,
     calls,
-    eventually,
     open_tab,
     query,
     replay_id_once_recording,
     snippet_page,
 )
 from tests.support.fakes import FakeUpstream
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.browser
 

@@ -9,18 +9,9 @@ import pytest
 from playwright.async_api import Browser
 
 from tests.conftest import IN_TOKEN, US_TOKEN
-from tests.support.browser import (
-    Site,
-    calls,
-    eventually,
-    open_tab,
-    query,
-    records,
-    replay_id_once_recording,
-    rrweb_events,
-    snippet_page,
-)
+from tests.support import browser as kit  # the harness (`browser` is the fixture)
 from tests.support.fakes import FakeUpstream
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.browser
 
@@ -35,16 +26,17 @@ TRACK_DURING_OUTAGE = f"""() => {{
 
 
 def outage_events(fake: FakeUpstream) -> list[int]:
-    return [r["properties"]["n"] for r in records(fake, "track") if r["event"] == "During outage"]
+    return [r["properties"]["n"] for r in kit.records(fake, "track")
+            if r["event"] == "During outage"]
 
 
 async def test_events_tracked_while_the_upstream_is_down_all_arrive(
-        browser: Browser, site: Site, relay: str,
+        browser: Browser, site: kit.Site, relay: str,
         upstreams: dict[str, FakeUpstream]) -> None:
     us = upstreams["us"]
     await us.go_down()   # connection refused from now on
-    tab = await open_tab(browser)
-    await tab.goto_and_wait_loaded(site.add(snippet_page(relay, US_TOKEN, OPTIONS, "")))
+    tab = await kit.open_tab(browser)
+    await tab.goto_and_wait_loaded(site.add(kit.snippet_page(relay, US_TOKEN, OPTIONS, "")))
     await tab.evaluate(TRACK_DURING_OUTAGE)
     await eventually(lambda: tab.statuses("/track").count(503) >= 3
                      and 503 in tab.statuses("/engage"),
@@ -52,40 +44,41 @@ async def test_events_tracked_while_the_upstream_is_down_all_arrive(
 
     await us.come_back()
     await eventually(lambda: sorted(set(outage_events(us))) == list(range(EVENTS))
-                     and records(us, "engage") and 200 in tab.statuses("/track"),
+                     and kit.records(us, "engage") and 200 in tab.statuses("/track"),
                      "every event after the upstream came back", timeout=20)
 
     assert set(tab.statuses("/track")) == {200, 503}
-    assert any(r.get("$set", {}).get("outage") is True for r in records(us, "engage"))
+    assert any(r.get("$set", {}).get("outage") is True for r in kit.records(us, "engage"))
     assert tab.cors_errors() == []
 
 
 async def test_a_refused_replay_batch_is_resent_when_retry_after_says(
-        browser: Browser, site: Site, relay: str, upstreams: dict[str, FakeUpstream]) -> None:
+        browser: Browser, site: kit.Site, relay: str, upstreams: dict[str, FakeUpstream]) -> None:
     india = upstreams["in"]
     india.answer(429, {"error": "rate limited"}, {"Retry-After": "1"})
-    tab = await open_tab(browser)
+    tab = await kit.open_tab(browser)
     options = {"batch_flush_interval_ms": 100, "record_sessions_percent": 100}
-    await tab.goto_and_wait_loaded(site.add(snippet_page(relay, IN_TOKEN, options)))
-    replay_id = await replay_id_once_recording(tab)
+    await tab.goto_and_wait_loaded(site.add(kit.snippet_page(relay, IN_TOKEN, options)))
+    replay_id = await kit.replay_id_once_recording(tab)
     await tab.page.click("#buy")
     await tab.page.wait_for_timeout(400)   # past the recorder's 250 ms enqueue throttle
     # Pausing flushes at once (429) but stops the batcher; resuming flushes again (429), and
     # that refusal is the one whose Retry-After schedules the next attempt.
     await tab.evaluate("() => mixpanel.pause_session_recording()")
     await tab.evaluate("() => mixpanel.resume_session_recording()")
-    await eventually(lambda: len(calls(india, "record")) >= 2, "two refused /record attempts")
+    await eventually(lambda: len(kit.calls(india, "record")) >= 2, "two refused /record attempts")
     india.answer(200)
-    await eventually(lambda: len(calls(india, "record")) >= 3, "the batch resent after Retry-After")
-    batches = calls(india, "record")
+    await eventually(lambda: len(kit.calls(india, "record")) >= 3,
+                     "the batch resent after Retry-After")
+    batches = kit.calls(india, "record")
 
     # The SDK's own backoff would be 20 s (twice its 10 s replay interval); 1 s means it read
     # Retry-After, which a cross-origin fetch sees only through Access-Control-Expose-Headers.
     gap = batches[2].at - batches[1].at
     assert 0.9 <= gap < 10, gap
-    assert {query(b)["seq"] for b in batches[:3]} == {"0"}
-    assert {query(b)["replay_id"] for b in batches} == {replay_id}
-    assert 2 in {event["type"] for event in rrweb_events(batches[2])}   # the full snapshot
+    assert {kit.query(b)["seq"] for b in batches[:3]} == {"0"}
+    assert {kit.query(b)["replay_id"] for b in batches} == {replay_id}
+    assert 2 in {event["type"] for event in kit.rrweb_events(batches[2])}   # the full snapshot
     await eventually(lambda: 200 in tab.statuses("/record"), "the accepted batch's answer")
     assert tab.statuses("/record")[:3] == [429, 429, 200]
     assert tab.cors_errors() == []

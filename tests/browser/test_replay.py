@@ -15,7 +15,6 @@ from tests.support.browser import (
     Site,
     basic,
     calls,
-    eventually,
     flush_replay_batch,
     open_tab,
     query,
@@ -26,6 +25,7 @@ from tests.support.browser import (
 )
 from tests.support.fake_cdn import FakeCdn
 from tests.support.fakes import FakeUpstream
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.browser
 

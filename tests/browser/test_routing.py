@@ -14,7 +14,6 @@ from tests.support.browser import (
     Tab,
     basic,
     calls,
-    eventually,
     flush_replay_batch,
     open_tab,
     records,
@@ -22,6 +21,7 @@ from tests.support.browser import (
     snippet_page,
 )
 from tests.support.fakes import FakeUpstream
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.browser
 

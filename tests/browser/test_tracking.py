@@ -9,16 +9,9 @@ import pytest
 from playwright.async_api import Browser
 
 from tests.conftest import EU_TOKEN, US_TOKEN
-from tests.support.browser import (
-    Site,
-    calls,
-    eventually,
-    open_tab,
-    query,
-    records,
-    snippet_page,
-)
+from tests.support.browser import Site, calls, open_tab, query, records, snippet_page
 from tests.support.fakes import FakeUpstream
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.browser
 

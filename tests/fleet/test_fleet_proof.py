@@ -25,8 +25,9 @@ from tests.conftest import EU_TOKEN, IN_TOKEN, US_TOKEN, relay_config
 from tests.fleet.backends import Held
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form, event, python_sdk_form
-from tests.support.processes import RelayProcess, eventually
+from tests.support.processes import RelayProcess
 from tests.support.redis_server import RedisServer
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.slow
 

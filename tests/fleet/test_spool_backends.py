@@ -27,8 +27,8 @@ from tests.conftest import US_TOKEN, RelayFactory
 from tests.fleet.backends import Held, spool_extra
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, basic, browser_form, event, python_sdk_form
-from tests.support.processes import eventually
 from tests.support.redis_server import RedisServer
+from tests.support.waits import eventually
 
 BACKENDS = ["sqlite", "redis"]
 

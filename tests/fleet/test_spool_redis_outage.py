@@ -19,8 +19,8 @@ from tests.conftest import US_TOKEN, RelayFactory
 from tests.fleet.backends import Held, spool_extra
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form, event
-from tests.support.processes import eventually
 from tests.support.redis_server import RedisServer
+from tests.support.waits import eventually
 
 
 def fresh(name: str, **props: Any) -> bytes:

@@ -42,7 +42,8 @@ def brotli_zeros(mib: int) -> bytes:
     blocks = [compressor.process(_ZEROS) + compressor.flush() for _ in range(min(mib - 1, 2))]
     assert len(set(blocks)) <= 1, "brotli output did not settle: the repeat would be invalid"
     repeated = blocks[0] * (mib - 1) if blocks else b""
-    return first + repeated + compressor.finish()
+    bomb: bytes = first + repeated + compressor.finish()
+    return bomb
 
 
 def _deflate_blocks(mib: int) -> Iterator[bytes]:

@@ -8,17 +8,14 @@ answers.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import gzip
 import json
 import shutil
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import web
@@ -34,8 +31,7 @@ from playwright.async_api import (
 
 from tests.support.fake_cdn import DIST
 from tests.support.fakes import FakeUpstream, Received
-
-T = TypeVar("T")
+from tests.support.waits import eventually, eventually_blocking
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"   # Debian's package
 # Keep Chromium off the network: no background fetches or component updates, and every host name
@@ -57,16 +53,20 @@ def launch_chromium(profile: Path, log: Path) -> tuple[subprocess.Popen[bytes], 
         process = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
                                     "about:blank"], stdout=subprocess.DEVNULL, stderr=stderr)
     port_file = profile / "DevToolsActivePort"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def endpoint() -> str | None:
         lines = port_file.read_text().splitlines() if port_file.exists() else []
         if len(lines) >= 2 and lines[0].isdigit():
-            return process, f"http://127.0.0.1:{lines[0]}"
+            return f"http://127.0.0.1:{lines[0]}"
         if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"Chromium did not start; its log:\n{log.read_text()[-2000:]}")
+            raise RuntimeError(f"Chromium exited; its log:\n{log.read_text()[-2000:]}")
+        return None
+
+    try:
+        return process, eventually_blocking(endpoint, "Chromium's DevTools port", timeout=30)
+    except AssertionError:
+        process.kill()
+        raise RuntimeError(f"Chromium did not start; its log:\n{log.read_text()[-2000:]}") from None
 
 
 def official_snippet() -> str:
@@ -169,18 +169,6 @@ async def open_tab(browser: Browser) -> Tab:
     page.on("requestfailed",
             lambda request: tab.failed.append(f"{request.url}: {request.failure}"))
     return tab
-
-
-async def eventually(check: Callable[[], T | None], what: str, timeout: float = 15.0) -> T:
-    """Poll `check` until it answers something truthy; fail naming `what` otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def replay_id_once_recording(tab: Tab) -> str:

@@ -14,7 +14,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.support.processes import NginxFront, eventually
+from tests.support.processes import NginxFront
+from tests.support.waits import eventually
 
 DEBIAN_NGINX = Path("/etc/nginx")
 

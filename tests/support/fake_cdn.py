@@ -71,10 +71,11 @@ class CdnRequest:
 
 @dataclass
 class FakeCdn:
-    files: dict[str, bytes] = field(default_factory=cdn_files)
+    # Megabytes of bundles: never in a repr. (Python 3.11's asyncio.Runner reprs the task that
+    # set up a fixture, with its result, on every run: a full repr here cost ~0.3 s a test.)
+    files: dict[str, bytes] = field(default_factory=cdn_files, repr=False)
     requests: list[CdnRequest] = field(default_factory=list)
     mode: Mode = "ok"
-    delay: float = 0.0                      # seconds before each answer
     gate: asyncio.Event | None = None       # set: every answer waits until the event is set
     prefix: str = "/libs/"
     server: TestServer | None = None
@@ -125,8 +126,6 @@ class FakeCdn:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         self.requests.append(CdnRequest(request.method, name, dict(request.headers)))
-        if self.delay:
-            await asyncio.sleep(self.delay)
         if self.gate is not None:
             await self.gate.wait()
         if self.mode == "status_500":

@@ -50,6 +50,7 @@ class FakeUpstream:
     delay: float = 0.0
     server: TestServer | None = None
     _down_port: int = 0
+    _gate: asyncio.Event | None = None
 
     def app(self) -> web.Application:
         # Record the bytes exactly as they crossed the wire: no inflating of gzip bodies.
@@ -63,8 +64,10 @@ class FakeUpstream:
         self.received.append(Received(
             method=request.method, path=request.path,
             query=request.raw_path.partition("?")[2], headers=dict(request.headers), body=body))
+        if self._gate is not None:
+            await self._gate.wait()
         if self.delay:
-            await asyncio.sleep(self.delay)
+            await asyncio.sleep(self.delay)   # paces the answer: a slow region
         headers = {"Access-Control-Allow-Origin": "https://mixpanel.example",
                    "Set-Cookie": "upstream=1", **self.headers}
         if self.body is not None:
@@ -98,6 +101,24 @@ class FakeUpstream:
 
     def clear(self) -> None:
         self.received.clear()
+
+    def hold(self) -> None:
+        """Record each request as it arrives, but answer none until `release()`: a test then
+        knows a request is upstream (it is in `received`) and decides when its answer goes."""
+        self._gate = asyncio.Event()
+
+    def release(self) -> None:
+        """Answer everything held, and from now on answer at once."""
+        if self._gate is not None:
+            self._gate.set()
+            self._gate = None
+
+    def reset(self) -> None:
+        """Back to answering like Mixpanel with nothing recorded (a shared fake between tests)."""
+        self.release()
+        self.clear()
+        self.answer(200)
+        self.delay = 0.0
 
     async def go_down(self) -> None:
         """Stop listening: connections are refused until `come_back` (on the same port)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import ssl
 import time
 from collections.abc import Iterable
@@ -20,6 +19,8 @@ from urllib.parse import quote
 
 from tests.support.fakes import Received
 from tests.support.helpers import as_base64, event
+from tests.support.ports import free_port
+from tests.support.rawhttp import read_message
 
 Mode = Literal["ok", "hang", "slow", "reset_mid_body"]
 OK_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\n1"
@@ -81,7 +82,7 @@ class RawUpstream:
             self._hung.append(writer)
             await asyncio.Event().wait()        # until stop() aborts the connection
         if self.mode == "slow":
-            await asyncio.sleep(self.slow_seconds)
+            await asyncio.sleep(self.slow_seconds)   # paces the answer: a slow upstream
         if self.mode == "reset_mid_body":
             writer.write(PARTIAL_ANSWER)
             await writer.drain()
@@ -94,24 +95,19 @@ class RawUpstream:
 
 async def _read_request(reader: asyncio.StreamReader) -> Received | None:
     try:
-        head = await reader.readuntil(b"\r\n\r\n")
+        head, body = await read_message(reader)
     except asyncio.IncompleteReadError:
         return None
     lines = head.decode("latin-1").split("\r\n")
     method, target, _ = lines[0].split(" ", 2)
     headers = dict(line.split(": ", 1) for line in lines[1:] if line)
-    length = int(next((value for name, value in headers.items()
-                       if name.lower() == "content-length"), "0"))
-    body = await reader.readexactly(length)
     path, _, query = target.partition("?")
     return Received(method=method, path=path, query=query, headers=headers, body=body)
 
 
 def closed_port() -> int:
     """A loopback port nothing listens on: connecting to it is refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()
 
 
 def numbered_events(token: str, count: int, prefix: str) -> list[tuple[str, bytes]]:

@@ -4,7 +4,6 @@ its workers) and the shipped nginx/ config run by the real nginx, adapted only i
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
@@ -13,24 +12,17 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from tests.support.ports import free_port
+from tests.support.waits import eventually
+
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_NGINX = REPO / "nginx"
 _LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
-
-
-async def eventually(check: Any, timeout: float = 15.0, what: str = "condition") -> None:
-    """Poll `check()` (sync) until it is truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 class RelayProcess:
@@ -86,6 +78,12 @@ class RelayProcess:
     def send(self, signum: int) -> None:
         os.kill(self.pid, signum)
 
+    def kill_all(self) -> None:
+        """SIGKILL the workers and the supervisor: no cleanup of any kind runs (a crash)."""
+        for pid in self.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+        self.send(signal.SIGKILL)
+
     async def reload(self) -> None:
         """SIGHUP, then wait for the supervisor to report the new generation (or a refusal)."""
         done = self.stderr.count("reloaded ") + self.stderr.count("reload refused")
@@ -108,20 +106,6 @@ class RelayProcess:
             except AssertionError:
                 self.process.kill()
                 self.process.wait()
-
-
-def free_port() -> int:
-    """A port free on both 127.0.0.1 and ::1 (nginx listens on both)."""
-    while True:
-        with socket.socket() as v4:
-            v4.bind(("127.0.0.1", 0))
-            port = int(v4.getsockname()[1])
-            with socket.socket(socket.AF_INET6) as v6:
-                try:
-                    v6.bind(("::1", port))
-                except OSError:
-                    continue
-                return port
 
 
 class NginxFront:

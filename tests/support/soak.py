@@ -171,13 +171,13 @@ class Load:
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             n = number
-            await asyncio.sleep(random.uniform(0, self.interval))   # spread the first requests
+            await asyncio.sleep(random.uniform(0, self.interval))  # paces traffic: a spread start
             while time.monotonic() < deadline:
                 started = time.monotonic()
                 await self._one(session, n)
                 n += self.connections
                 pause = self.interval * random.uniform(0.8, 1.2) - (time.monotonic() - started)
-                await asyncio.sleep(max(0.0, pause))
+                await asyncio.sleep(max(0.0, pause))     # paces traffic: one per interval
 
     async def _one(self, session: aiohttp.ClientSession, n: int) -> None:
         endpoint, method, target, body, headers, regions = build_request(n)
