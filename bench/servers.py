@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import free_port, wait_for
+from bench.common import free_port, nginx_conf, running, wait_for
 from bench.workloads import BUNDLE, DIST, ROOT
 
 UPSTREAM_BODY = '{"status":1,"error":null}'
@@ -45,21 +45,6 @@ class Ports:
     @classmethod
     def choose(cls) -> Ports:
         return cls(**{name: free_port() for name in cls.__dataclass_fields__})
-
-
-def nginx_conf(workdir: Path, servers: str) -> str:
-    return f"""
-worker_processes 2;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {workdir}/body;
-  proxy_temp_path {workdir}/proxy;
-  {servers}
-}}
-"""
 
 
 def fake_upstream_servers(ports: Ports, tls: Path) -> str:
@@ -144,15 +129,13 @@ def proxy_pass_servers(ports: Ports, static_dir: Path, tls: Path, workdir: Path)
 def nginx(workdir: Path, servers: str, probe: str) -> Iterator[int]:
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "nginx.conf"
-    conf.write_text(nginx_conf(workdir, servers))
-    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir), "-g", "daemon off;"],
-                            stderr=workdir.joinpath("nginx.err").open("w"))
-    try:
-        wait_for(probe)
-        yield proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    conf.write_text(nginx_conf(workdir, f"""
+  client_body_temp_path {workdir}/body;
+  proxy_temp_path {workdir}/proxy;
+  {servers}""", workers=2, error_log="error.log"))
+    with running(["nginx", "-c", str(conf), "-p", str(workdir), "-g", "daemon off;"], probe,
+                 workdir / "nginx.err") as pid:
+        yield pid
 
 
 @dataclass(frozen=True)
@@ -184,32 +167,20 @@ def relay(workdir: Path, config: str, port: int, python: str = sys.executable) -
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "relay.toml"
     path.write_text(config)
-    proc = subprocess.Popen([python, "-m", "proxy", "serve", "--config", str(path)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=workdir.joinpath("relay.log").open("w"))
-    try:
-        wait_for(f"http://127.0.0.1:{port}/healthz")
-        wait_for(f"http://127.0.0.1:{port}/libs/{BUNDLE}")
-        yield proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with running([python, "-m", "proxy", "serve", "--config", str(path)],
+                 f"http://127.0.0.1:{port}/healthz", workdir / "relay.log") as pid:
+        wait_for(f"http://127.0.0.1:{port}/libs/{BUNDLE}")   # the prefetched bundle is cached
+        yield pid
 
 
 @contextmanager
 def ceiling(port: int, upstream_port: int, workers: int,
             python: str = sys.executable) -> Iterator[int]:
     """bench/ceiling.py in front of the plain fake upstream."""
-    proc = subprocess.Popen([python, str(ROOT / "bench" / "ceiling.py"),
-                             "--listen", f"127.0.0.1:{port}",
-                             "--upstream", f"127.0.0.1:{upstream_port}",
-                             "--workers", str(workers)], cwd=ROOT)
-    try:
-        wait_for(f"http://127.0.0.1:{port}/track/")
-        yield proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with running([python, str(ROOT / "bench" / "ceiling.py"), "--listen", f"127.0.0.1:{port}",
+                  "--upstream", f"127.0.0.1:{upstream_port}", "--workers", str(workers)],
+                 f"http://127.0.0.1:{port}/track/") as pid:
+        yield pid
 
 
 @contextmanager
