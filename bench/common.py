@@ -31,11 +31,12 @@ def wait_for(url: str, timeout: float = 20.0) -> None:
 
 
 @contextmanager
-def running(command: list[str], probe: str, log: Path | None = None) -> Iterator[int]:
-    """Run `command` (from the repository root) until the block ends, once `probe` answers;
-    its pid. Its stderr goes to `log`, or nowhere."""
+def running(command: list[str], probe: str, log: Path | None = None,
+            cwd: Path = ROOT) -> Iterator[int]:
+    """Run `command` (from the repository root, or `cwd`) until the block ends, once `probe`
+    answers; its pid. Its stderr goes to `log`, or nowhere."""
     with open(log or "/dev/null", "w") as stderr:
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+        proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
             wait_for(probe)
             yield proc.pid

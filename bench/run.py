@@ -117,6 +117,8 @@ class Lab:
             pids = self._enter(ceiling(port, self.ports.upstream, self.args.workers,
                                        self.args.python))
             return f"http://127.0.0.1:{port}", pids
+        if name == "relay_before":
+            return self._relay_before()
         setups = {"relay": RelaySetup(), "relay_https": RelaySetup(https=True),
                   "relay_logged": RelaySetup(default_log=True), "front": RelaySetup(),
                   "front_https": RelaySetup(https=True)}
@@ -125,6 +127,15 @@ class Lab:
             return f"http://127.0.0.1:{port}", relay_pids
         front_port, front_pid = self.stack.enter_context(front(port))
         return f"https://127.0.0.1:{front_port}", relay_pids + process_tree(front_pid)
+
+    def _relay_before(self) -> Contender:
+        """The plain relay from the `--before` checkout, on the same config and upstream."""
+        self._baselines()
+        port = free_port()
+        config = relay_config(port, self.ports, self.args.workers, RelaySetup(), self.tls)
+        pids = self._enter(relay(self.work / "relay-before", config, port, self.args.python,
+                                 Path(self.args.before)))
+        return f"http://127.0.0.1:{port}", pids
 
     def _baselines(self) -> None:
         """The fake upstream and the nginx baselines (one nginx, one server per baseline)."""
@@ -221,6 +232,9 @@ def parse_args() -> argparse.Namespace:
                         help="the interpreter that runs the relay and the ceiling (it must have "
                              "the project's dependencies); interpreters built with PGO/LTO, as "
                              "the official python images and Debian's are, run it faster")
+    parser.add_argument("--before", metavar="CHECKOUT",
+                        help="also run the plain relay from another checkout (e.g. a worktree of "
+                             "the last release) as `relay_before` in the track scenarios")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     unknown = set(args.only.split(",")) - set(SCENARIOS)
@@ -238,6 +252,8 @@ def main() -> int:
         loads = workloads(lab.static)
         for name in args.only.split(","):
             scenario = SCENARIOS[name]
+            if args.before and "relay" in scenario.contenders:
+                scenario = Scenario(scenario.workload, (*scenario.contenders, "relay_before"))
             results += run_scenario(name, scenario, loads[scenario.workload], lab, args)
     report = header(before, machine(), args) + "\n\n" + markdown(results)
     print(report)

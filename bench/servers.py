@@ -162,13 +162,15 @@ def relay_config(port: int, ports: Ports, workers: int, setup: RelaySetup, tls: 
 
 
 @contextmanager
-def relay(workdir: Path, config: str, port: int, python: str = sys.executable) -> Iterator[int]:
-    """The relay on `config` (its stderr, where the access log goes by default, to a file)."""
+def relay(workdir: Path, config: str, port: int, python: str = sys.executable,
+          checkout: Path = ROOT) -> Iterator[int]:
+    """The relay on `config` (its stderr, where the access log goes by default, to a file),
+    run from `checkout` (`python -m proxy` imports the package of the directory it runs in)."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "relay.toml"
     path.write_text(config)
     with running([python, "-m", "proxy", "serve", "--config", str(path)],
-                 f"http://127.0.0.1:{port}/healthz", workdir / "relay.log") as pid:
+                 f"http://127.0.0.1:{port}/healthz", workdir / "relay.log", checkout) as pid:
         wait_for(f"http://127.0.0.1:{port}/libs/{BUNDLE}")   # the prefetched bundle is cached
         yield pid
 
