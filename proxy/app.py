@@ -22,6 +22,7 @@ from .ops.metrics import Metrics
 from .ops.routes import install_ops, ops_paths
 from .relay import answers
 from .relay.handler import ApiRelay
+from .server.limits import MAX_FIELDS, MAX_HEAD
 from .server.refusals import parser_refusal_counter
 from .spool import Spool
 from .upstream.client import UpstreamClient
@@ -31,6 +32,9 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 UPSTREAM_KEY = web.AppKey("upstream", UpstreamClient)
 RELAY_KEY = web.AppKey("relay", ApiRelay)
 ACCESS_KEY = web.AppKey("access", AccessRecorder)
+# aiohttp's parser takes what the lean edge takes (edge/head.py): browsers send a first-party
+# relay the site's cookies, mixpanel-node sends events in `GET /track?data=`.
+HEAD_LIMITS = {"max_line_size": MAX_HEAD, "max_field_size": MAX_HEAD, "max_headers": MAX_FIELDS}
 
 
 def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
@@ -50,7 +54,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     # read, unbounded, and the relay would forward inflated bytes still labelled as compressed.
     app = web.Application(client_max_size=max(config.limits.body.values()),
                           middlewares=[access],
-                          handler_args={"auto_decompress": False,
+                          handler_args={"auto_decompress": False, **HEAD_LIMITS,
                                         **parser_refusal_counter(metrics)})
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = metrics
