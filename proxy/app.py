@@ -61,6 +61,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app[UPSTREAM_KEY] = upstream
     app[RELAY_KEY] = relay
     app[ACCESS_KEY] = recorder
+    app.on_response_prepare.append(_close_after_http10_coding)
     app.cleanup_ctx.append(_upstream_session)
     if config.spool.enabled:   # after the session: drainers send through it, and stop before it
         app.cleanup_ctx.append(spool.lifespan)
@@ -75,6 +76,17 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     await app[UPSTREAM_KEY].start()
     yield
     await app[UPSTREAM_KEY].close()
+
+
+async def _close_after_http10_coding(request: web.Request,
+                                     response: web.StreamResponse) -> None:
+    """RFC 9112 §6.1: after an HTTP/1.0 request with Transfer-Encoding the connection must close:
+    its framing cannot be trusted, and what follows the body could be a smuggled request. The
+    edge refuses such requests itself; this covers the ones aiohttp parses after a hand-over."""
+    if request.version < (1, 1) and "Transfer-Encoding" in request.headers:
+        response.force_close()
+        # aiohttp has written its Connection header into the head before this hook runs.
+        response.headers["Connection"] = "close"
 
 
 def _json_refusal(request: web.Request, exc: web.HTTPException) -> web.StreamResponse:
