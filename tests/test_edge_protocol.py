@@ -181,9 +181,26 @@ async def test_a_get_whose_query_exceeds_the_endpoint_limit_gets_413() -> None:
     """Issue 15 item 7: `?data=` is the body of a GET; it counts against the endpoint's limit."""
     harness = Harness({"limits": {"body": {"engage": 1024}}})
     connection, transport = harness.connect()
-    connection.data_received(b"GET /engage/?data=" + b"e" * 2000 + b" HTTP/1.1\r\n\r\n")
+    connection.data_received(b"GET /engage/?data=" + b"e" * 2000 + b" HTTP/1.1\r\nHost: r\r\n\r\n")
     refused(transport, 413, "exceeds the 1024-byte limit for /engage")
     assert harness.rejections("limit") == 1
+
+
+# -- found by the framing fuzzer (tests/test_fuzz_edge.py) --------------------------------------
+@pytest.mark.parametrize("version, connection", [("1.1", "close"), ("1.1", "Keep-Alive, close"),
+                                                 ("1.0", ""), ("1.0", "close")])
+async def test_a_request_without_a_body_that_asks_to_close_is_the_last(
+        harness: Harness, version: str, connection: str) -> None:
+    """llhttp's should_keep_alive() said True for these (it had reset for the next message):
+    the edge then read and answered the requests pipelined after them."""
+    connection_field = f"Connection: {connection}\r\n" if connection else ""
+    last = (f"OPTIONS /track/ HTTP/{version}\r\nHost: relay\r\nOrigin: {ORIGIN}\r\n"
+            f"Access-Control-Request-Method: POST\r\n{connection_field}\r\n").encode()
+    edge_connection, transport = harness.connect()
+    edge_connection.data_received(last + preflight())
+    await harness.settle()
+    [(status, headers, _)] = answers_in(transport.written)
+    assert status == 204 and headers["connection"] == "close" and transport.closed
 
 
 # -- item 5: write-side flow control ------------------------------------------------------------

@@ -30,6 +30,10 @@ from ...decide.paths import PathMatch
 from ..limits import MAX_FIELDS, MAX_HEAD
 
 _PLAIN_METHODS = {b"GET": "GET", b"POST": "POST", b"OPTIONS": "OPTIONS"}
+# RFC 9112 §3: method token, one space, a target without controls or spaces, one space, version.
+# llhttp also takes doubled spaces and leading empty lines; a stricter parser in front of the
+# relay could then see a different request, so the edge takes neither.
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^\x00-\x20\x7f]+ HTTP/[0-9]\.[0-9]\r\n")
 # A line end that is not CRLF: LF without CR before it, or CR followed by anything but LF.
 _BAD_LINE_END = re.compile(rb"(?<!\r)\n|\r[^\n]")
 
@@ -50,6 +54,7 @@ TOO_MANY_FIELDS = Refusal(431, f"more than {MAX_FIELDS} request header fields")
 LINE_TOO_LONG = Refusal(414, f"the request line exceeds {MAX_HEAD} bytes")
 PAYLOAD_LINE_TOO_LONG = Refusal(413, f"the request line exceeds {MAX_HEAD} bytes: send fewer "
                                 "events per request", "limit")
+ONE_HOST = Refusal(400, "a request must carry exactly one Host field")
 BAD_VERSION = Refusal(505, "only HTTP/1.0 and HTTP/1.1 are served")
 LENGTH_WITH_CODING = Refusal(400, "Content-Length with Transfer-Encoding")
 CODING_ON_HTTP10 = Refusal(400, "Transfer-Encoding on an HTTP/1.0 request")
@@ -110,6 +115,8 @@ class HeadReader:
     def read(self, raw: bytes, match: Callable[[str], PathMatch | None],
              limits: Mapping[str, int]) -> Head | Refusal | str:
         """The head, a refusal, or why it goes to aiohttp (an `edge_handovers` reason)."""
+        if not _REQUEST_LINE.match(raw):
+            return MALFORMED
         self._url, self._fields, self._complete = b"", [], False
         parser = httptools.HttpRequestParser(self)
         try:
@@ -125,8 +132,14 @@ class HeadReader:
             return BAD_VERSION
         if len(self._fields) > MAX_FIELDS:
             return TOO_MANY_FIELDS
-        headers = CIMultiDict([(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+        # llhttp leaves a field value's trailing whitespace in; RFC 9110 §5.5 says it is not
+        # part of the value.
+        headers = CIMultiDict([(name.decode("latin-1"),
+                                value.rstrip(b" \t").decode("utf-8", "surrogateescape"))
                                for name, value in self._fields])
+        hosts = len(headers.getall("Host", ()))
+        if hosts > 1 or (hosts == 0 and version == "1.1"):    # RFC 9112 §3.2: 400
+            return ONE_HOST
         if "Transfer-Encoding" in headers:
             return _judge_coding(headers, version)
         if "Expect" in headers or "Upgrade" in headers or parser.should_upgrade():
@@ -150,7 +163,17 @@ class HeadReader:
             return Refusal(413, f"the query exceeds the {limit}-byte limit for "
                            f"/{found.endpoint}: send fewer events per request", "limit")
         return Head(method, target, found, CIMultiDictProxy(headers), length, len(raw),
-                    parser.should_keep_alive(), version == "1.0")
+                    _keep_alive(headers, version), version == "1.0")
+
+
+def _keep_alive(headers: CIMultiDict[str], version: str) -> bool:
+    """RFC 9112 §9.3. Not llhttp's should_keep_alive(): once a message without a body is
+    complete, llhttp has reset for the next one and answers True even after `Connection: close`."""
+    connection = headers.getall("Connection", ())
+    if not connection:
+        return version == "1.1"
+    tokens = {token.strip().lower() for value in connection for token in value.split(",")}
+    return "close" not in tokens and (version == "1.1" or "keep-alive" in tokens)
 
 
 def _judge_coding(headers: CIMultiDict[str], version: str) -> Refusal | str:
