@@ -257,7 +257,8 @@ def stream(rng: random.Random) -> bytes:
 
 
 def cut(data: bytes, rng: random.Random) -> list[bytes]:
-    points = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.choice([0, 1, 3, 9]))))
+    points = sorted(rng.sample(range(1, len(data)),
+                               max(0, min(len(data) - 1, rng.choice([0, 1, 3, 9])))))
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
 
 
