@@ -150,6 +150,8 @@ class EdgeConnection(asyncio.Protocol):
     def _advance(self) -> None:
         while self._transport is not None and not self._busy and not self._write_paused:
             if self._head is None:
+                if not self._buffer:
+                    return
                 self._head = self._next_head()
                 if self._head is None:
                     return
