@@ -181,8 +181,11 @@ async def test_a_get_whose_query_exceeds_the_endpoint_limit_gets_413() -> None:
     """Issue 15 item 7: `?data=` is the body of a GET; it counts against the endpoint's limit."""
     harness = Harness({"limits": {"body": {"engage": 1024}}})
     connection, transport = harness.connect()
-    connection.data_received(b"GET /engage/?data=" + b"e" * 2000 + b" HTTP/1.1\r\nHost: r\r\n\r\n")
+    connection.data_received(b"GET /engage/?data=" + b"e" * 2000 + b" HTTP/1.1\r\nHost: r\r\n"
+                             + f"Origin: {ORIGIN}\r\n\r\n".encode())
     refused(transport, 413, "exceeds the 1024-byte limit for /engage")
+    [(_, headers, _)] = answers_in(transport.written)
+    assert headers["access-control-allow-origin"] == ORIGIN     # a browser SDK reads the 413
     assert harness.rejections("limit") == 1
 
 

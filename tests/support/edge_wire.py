@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.app import ACCESS_KEY, CONFIG_KEY, METRICS_KEY, RELAY_KEY, create_app
 from proxy.config import parse_config
+from proxy.decide.headers import CorsPolicy
 from proxy.ops.metrics import EDGE_HANDOVER_REASONS
 from proxy.server.edge.connection import Edge, EdgeConnection
 
@@ -114,7 +115,8 @@ def edge_for(app: web.Application, handed: list[HandedOver]) -> Edge:
 
     return Edge(app[RELAY_KEY], app[ACCESS_KEY], app[CONFIG_KEY].limits.body, take_over,
                 {reason: metrics.edge_handovers.labels(reason)
-                 for reason in EDGE_HANDOVER_REASONS}, metrics.reject)
+                 for reason in EDGE_HANDOVER_REASONS}, metrics.reject,
+                CorsPolicy(app[CONFIG_KEY].cors))
 
 
 def offline_app(extra: dict[str, Any] | None = None,

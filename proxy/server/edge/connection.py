@@ -33,6 +33,7 @@ from typing import cast
 
 from prometheus_client import Counter
 
+from ...decide.headers import CorsPolicy
 from ...ops.accesslog import AccessRecorder
 from ...relay import answers
 from ...relay.handler import ApiRelay
@@ -56,6 +57,7 @@ class Edge:
     aiohttp_protocol: Callable[[], asyncio.Protocol]   # aiohttp's web.Server
     handovers: Mapping[str, Counter]                    # by reason
     reject: Callable[[str], None]                       # the rejections metric, by reason
+    cors: CorsPolicy                                    # for refusals a browser must read
     connections: set[EdgeConnection] = field(default_factory=set)
     # Strong references to the requests in flight (the loop keeps only weak ones), so a stop
     # can cancel the stragglers.
@@ -192,7 +194,10 @@ class EdgeConnection(asyncio.Protocol):
         if transport is None:
             return
         self._edge.reject(refusal.reason)
-        answer = answers.problem(refusal.status, refusal.message)
+        origin = refusal.origin
+        cors = self._edge.cors
+        answer = answers.problem(refusal.status, refusal.message,
+                                 cors.headers(origin) if cors.allows(origin) else None)
         transport.write(answer_bytes(answer, False, False))
         self._buffer = bytearray()
         self._edge.connections.discard(self)

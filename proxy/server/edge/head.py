@@ -43,6 +43,7 @@ class Refusal:
     status: int
     message: str
     reason: str = "bad_request"
+    origin: str | None = None     # an SDK answer a browser must be able to read: CORS
 
 
 BARE_LINE_END = Refusal(400, "line ends in the request head must be CRLF")
@@ -182,7 +183,8 @@ class HeadReader:
         query_at = self._url.find(b"?")
         if query_at >= 0 and len(self._url) - query_at - 1 > limit:
             return Refusal(413, f"the query exceeds the {limit}-byte limit for "
-                           f"/{found.endpoint}: send fewer events per request", "limit")
+                           f"/{found.endpoint}: send fewer events per request", "limit",
+                           headers.get("Origin"))
         return Head(method, target, found, CIMultiDictProxy(headers), length, len(raw),
                     self._keep_alive, version == "1.0")
 

@@ -17,6 +17,7 @@ from typing import cast
 from aiohttp import web
 
 from ...app import ACCESS_KEY, CONFIG_KEY, METRICS_KEY, RELAY_KEY
+from ...decide.headers import CorsPolicy
 from ...ops.metrics import EDGE_HANDOVER_REASONS
 from ..refusals import json_refusing
 from .connection import Edge, EdgeConnection
@@ -45,7 +46,7 @@ class EdgeSite(web.SockSite):
                                  json_refusing(server, metrics),
                                  {reason: handovers.labels(reason)
                                   for reason in EDGE_HANDOVER_REASONS},
-                                 metrics.reject)
+                                 metrics.reject, CorsPolicy(app[CONFIG_KEY].cors))
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: EdgeConnection(edge),
                                                 sock=self._sock, backlog=self._backlog)
