@@ -59,10 +59,19 @@ class EdgeSite(web.SockSite):
 
     def stop_accepting(self) -> None:
         """Close this process's listening socket; answers from now on close their connection."""
-        if self._server is not None:
-            self._server.close()
         if self._edge is not None:
             self._edge.draining = True
+        server = self._server
+        if server is None:
+            return
+        # An accept asyncio has made but not yet attached (its task runs on the next turn of
+        # the loop) fails inside asyncio if the server closes first, and that connection hangs
+        # unanswered until the worker exits. So: no new accepts from now (the listening socket
+        # is no longer watched), and the server closes once those in progress are attached.
+        loop = asyncio.get_running_loop()
+        for sock in cast(asyncio.Server, server).sockets:    # uvloop's Server has them too
+            loop.remove_reader(sock.fileno())
+        loop.call_soon(server.close)
 
     async def stop(self) -> None:
         """Stop accepting, close idle connections, let requests in flight finish (bounded)."""
