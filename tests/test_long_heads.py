@@ -103,19 +103,20 @@ async def test_a_handed_over_connection_takes_64_kib_heads_and_refuses_in_json(
     answers = await send(client, healthz + long_get, 2)
     assert [a[0] for a in answers] == [200, 200]
     assert len(upstreams["us"].received) == 1
-    bad = b"GET /track/ HTTP/1.1\r\nHost: relay\r\nX-Evil: a\x00<script>\r\n\r\n"
     assert client.port is not None
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-    writer.write(healthz)
-    await asyncio.wait_for(reader.readuntil(b'{"status": "ok"}'), 5)
-    writer.write(bad)                              # parsed by aiohttp: the edge handed over
-    answer = await asyncio.wait_for(reader.read(), 5)
-    writer.close()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.split(b" ")[1] == b"400" and b"Content-Type: application/json" in head
-    assert json.loads(body) == {"status": 0, "error": "malformed HTTP request"}
+    for bad in (b"GET /track/ HTTP/1.1\r\nHost: relay\r\nX-Evil: a\x00<script>\r\n\r\n",
+                b"GET /track/?data=e30 HTTP/1.1\nHost: relay\n\n"):           # bare LF
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(healthz)
+        await asyncio.wait_for(reader.readuntil(b'{"status": "ok"}'), 5)
+        writer.write(bad)                          # parsed by aiohttp: the edge handed over
+        answer = await asyncio.wait_for(reader.read(), 5)     # at once, then closed
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == b"400" and b"Content-Type: application/json" in head
+        assert json.loads(body) == {"status": 0, "error": "malformed HTTP request"}
     assert registry.get_sample_value("mixpanel_proxy_rejections_total",
-                                     {"reason": "bad_request"}) == 1
+                                     {"reason": "bad_request"}) == 2
     assert len(upstreams["us"].received) == 1
 
 
