@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.server.edge import EdgeSite
+from proxy.server.worker import _Draining
 from tests.conftest import US_TOKEN
 from tests.support.edge_wire import offline_app
 from tests.support.fakes import FakeUpstream
@@ -107,3 +108,21 @@ async def test_requests_in_flight_past_the_shutdown_timeout_are_cancelled(
     assert await asyncio.wait_for(reader.read(), 2) == b""     # closed, not left open
     writer.close()
     await runner.cleanup()
+
+
+async def test_answers_aiohttp_makes_while_draining_say_they_close() -> None:
+    """proxy/server/worker.py: during the drain grace every answer closes its connection, and
+    must say so (aiohttp decides its Connection header before the prepare hook runs)."""
+    app = offline_app()
+    draining = _Draining()
+    app.on_response_prepare.append(draining.on_response_prepare)
+    runner, site, port = await started(app)
+    try:
+        draining.active = True
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")     # aiohttp's path
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert b"Connection: close" in head
+        writer.close()
+    finally:
+        await runner.cleanup()
