@@ -24,6 +24,7 @@ from .ops.routes import install_ops, ops_paths
 from .relay import answers
 from .relay.fleetlimit import FleetLimiter, Limiter, LocalLimiter
 from .relay.handler import ApiRelay
+from .server.limits import MAX_FIELDS, MAX_HEAD
 from .server.refusals import parser_refusal_counter
 from .spool import Spool
 from .spool.fallback import FallbackStore
@@ -36,6 +37,9 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 UPSTREAM_KEY = web.AppKey("upstream", UpstreamClient)
 RELAY_KEY = web.AppKey("relay", ApiRelay)
 ACCESS_KEY = web.AppKey("access", AccessRecorder)
+# aiohttp's parser takes what the lean edge takes (edge/head.py): browsers send a first-party
+# relay the site's cookies, mixpanel-node sends events in `GET /track?data=`.
+HEAD_LIMITS = {"max_line_size": MAX_HEAD, "max_field_size": MAX_HEAD, "max_headers": MAX_FIELDS}
 
 
 def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
@@ -62,13 +66,14 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     # read, unbounded, and the relay would forward inflated bytes still labelled as compressed.
     app = web.Application(client_max_size=max(map(config.limits.accepted, config.limits.body)),
                           middlewares=[access],
-                          handler_args={"auto_decompress": False,
+                          handler_args={"auto_decompress": False, **HEAD_LIMITS,
                                         **parser_refusal_counter(metrics)})
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = metrics
     app[UPSTREAM_KEY] = upstream
     app[RELAY_KEY] = relay
     app[ACCESS_KEY] = recorder
+    app.on_response_prepare.append(_close_after_http10_coding)
     app.cleanup_ctx.append(_upstream_session)
     if link is not None:    # before the spool: closed after it (it releases its leases)
         app.cleanup_ctx.append(_closing(link))
@@ -134,6 +139,17 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     await app[UPSTREAM_KEY].start()
     yield
     await app[UPSTREAM_KEY].close()
+
+
+async def _close_after_http10_coding(request: web.Request,
+                                     response: web.StreamResponse) -> None:
+    """RFC 9112 §6.1: after an HTTP/1.0 request with Transfer-Encoding the connection must close:
+    its framing cannot be trusted, and what follows the body could be a smuggled request. The
+    edge refuses such requests itself; this covers the ones aiohttp parses after a hand-over."""
+    if request.version < (1, 1) and "Transfer-Encoding" in request.headers:
+        response.force_close()
+        # aiohttp has written its Connection header into the head before this hook runs.
+        response.headers["Connection"] = "close"
 
 
 def _json_refusal(request: web.Request, exc: web.HTTPException) -> web.StreamResponse:

@@ -3,11 +3,8 @@ good request sent at the same moment is served.
 
 Shapes the relay sees as requests get a JSON body naming the problem and a rejection metric.
 Shapes that are not HTTP/1.1 at all (oversized or too many headers, smuggling shapes, bytes that
-are not a request line) are refused by aiohttp's parser before any application code runs: 400,
-`text/plain`, connection closed. aiohttp offers no hook to change that answer (its error handler
-bypasses the app, its middlewares and on_response_prepare), so the body is aiohttp's own; they
-are counted (reason bad_request) by proxy/server/refusals.py. No SDK sends them, and in the
-shipped deployment nginx refuses them first.
+are not a request line) are refused by the lean edge before anything reaches aiohttp
+(proxy/server/edge/head.py): JSON naming the problem, connection closed, counted.
 """
 
 from __future__ import annotations
@@ -212,37 +209,46 @@ async def test_host_header_spoofing_never_reaches_the_upstream(relay: Relay) -> 
     assert "evil.example" not in json.dumps(received.headers)
 
 
-# -- shapes aiohttp's parser refuses: 400 text/plain, connection closed -------------------------
+# -- shapes that are not well-formed HTTP/1.1: refused by the edge in JSON, connection closed ---
 HOST = b"Host: x\r\n"
 PROTOCOL = [
-    ("oversized_header", b"GET /track/ HTTP/1.1\r\n" + HOST + b"X-A: " + b"a" * 9000
-     + b"\r\n\r\n", b"Got more than 8190 bytes"),
+    # (name, request, status, words of the JSON error, rejection reason)
+    ("oversized_header", b"GET /track/ HTTP/1.1\r\n" + HOST + b"X-A: " + b"a" * 70000
+     + b"\r\n\r\n", 431, "header fields exceed 65536 bytes", "bad_request"),
     ("too_many_headers", b"GET /track/ HTTP/1.1\r\n" + HOST
-     + b"".join(b"X-%d: 1\r\n" % n for n in range(200)) + b"\r\n", b"Too many headers"),
-    ("oversized_target", b"GET /track/?" + b"a" * 9000 + b" HTTP/1.1\r\n" + HOST + b"\r\n",
-     b"Got more than 8190 bytes"),
+     + b"".join(b"X-%d: 1\r\n" % n for n in range(200)) + b"\r\n", 431,
+     "more than 128 request header fields", "bad_request"),
+    ("oversized_target", b"GET /engage/?" + b"a" * 70000 + b" HTTP/1.1\r\n" + HOST + b"\r\n",
+     413, "send fewer events per request", "limit"),          # an SDK halves on 413
+    ("oversized_other_target", b"GET /elsewhere?" + b"a" * 70000 + b" HTTP/1.1\r\n" + HOST
+     + b"\r\n", 414, "the request line exceeds 65536 bytes", "bad_request"),
     ("duplicate_content_length", b"POST /track/ HTTP/1.1\r\n" + HOST
-     + b"Content-Length: 6\r\nContent-Length: 60\r\n\r\ndata=x", b"Duplicate Content-Length"),
+     + b"Content-Length: 6\r\nContent-Length: 60\r\n\r\ndata=x", 400, "malformed request head",
+     "bad_request"),
     ("content_length_and_chunked", b"POST /track/ HTTP/1.1\r\n" + HOST
-     + b"Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-     b"Transfer-Encoding can't be present with Content-Length"),
+     + b"Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400,
+     "malformed request head", "bad_request"),
     ("obfuscated_transfer_encoding", b"POST /track/ HTTP/1.1\r\n" + HOST
-     + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
-     b"Transfer-Encoding"),
-    ("nul_in_header", b"GET /track/ HTTP/1.1\r\n" + HOST + b"X-A: a\x00b\r\n\r\n",
-     b"Invalid header value char"),
-    ("tls_on_http_port", b"\x16\x03\x01\x00\xa5\x01\x00\x00\r\n\r\n", b"HTTPS traffic"),
+     + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n", 400,
+     "malformed request head", "bad_request"),
+    ("nul_in_header", b"GET /track/ HTTP/1.1\r\n" + HOST + b"X-A: a\x00b\r\n\r\n", 400,
+     "malformed request head", "bad_request"),
+    ("tls_on_http_port", b"\x16\x03\x01\x00\xa5\x01\x00\x00\r\n\r\n", 400,
+     "malformed request head", "bad_request"),
 ]
 
 
-@pytest.mark.parametrize("name, request_bytes, says", PROTOCOL, ids=[p[0] for p in PROTOCOL])
+@pytest.mark.parametrize("name, request_bytes, status, says, reason", PROTOCOL,
+                         ids=[p[0] for p in PROTOCOL])
 async def test_protocol_violation_is_refused_by_the_parser(
-        relay: Relay, name: str, request_bytes: bytes, says: bytes) -> None:
-    status, head, body = await beside_good(relay, raw_exchange(relay.port,
-                                                               request_bytes))
-    assert status == 400 and says in body, (head, body)
-    assert b"Connection: close" in head or head.startswith(b"HTTP/1.0")
-    assert relay.rejections("bad_request") == 1          # proxy/server/refusals.py
+        relay: Relay, name: str, request_bytes: bytes, status: int, says: str,
+        reason: str) -> None:
+    answered, head, body = await beside_good(relay, raw_exchange(relay.port, request_bytes))
+    assert answered == status and says in json.loads(body)["error"], (head, body)
+    assert b"Content-Type: application/json" in head
+    assert request_bytes[:12] not in body                # never the client's bytes
+    assert b"Connection: close" in head
+    assert relay.rejections(reason) == 1
     relay.forwarded_only_good()
 
 

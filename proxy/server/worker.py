@@ -45,6 +45,8 @@ class _Draining:
                                   response: web.StreamResponse) -> None:
         if self.active:
             response.force_close()
+            # aiohttp has written its Connection header into the head before this hook runs.
+            response.headers["Connection"] = "close"
 
 
 def run_worker(config: Config, sock: socket.socket, ready_fd: int, parent_pid: int) -> int:

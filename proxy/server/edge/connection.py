@@ -1,17 +1,25 @@
-"""One client connection on the lean edge: frames requests, answers the plain ones, hands the
-rest to aiohttp.
+"""One client connection on the lean edge: frames requests, answers the plain ones, refuses the
+malformed ones, hands the rest to aiohttp.
 
-A request is *plain* when its head is at most 8 KiB of CRLF-terminated lines that llhttp (the
-parser aiohttp uses too) accepts, its target is an SDK endpoint, its method is GET, POST or
-OPTIONS, its version HTTP/1.0 or 1.1, and its body has a Content-Length within the endpoint's
-limit: no Transfer-Encoding, no Expect, no Upgrade, at most 100 fields. That is every request the
-SDKs and the nginx front send. Anything else (assets, probes, refusals, smuggling shapes, chunked
-bodies, oversized heads) is handed over, with every byte received since the start of that
-request, to aiohttp's own protocol, which keeps the connection from then on: every refusal and
-every limit stays exactly as aiohttp and the relay's handlers make them.
+A request is *plain* when its head (at most 64 KiB of CRLF-terminated lines that llhttp, the
+parser aiohttp uses too, accepts) targets an SDK endpoint with GET, POST or OPTIONS over HTTP/1.0
+or 1.1, and its body has a Content-Length within the endpoint's limit: no Transfer-Encoding, no
+Expect, no Upgrade. That is every request the SDKs and the nginx front send. A head that is not
+well-formed, or is shaped for smuggling, is refused here in JSON and the connection closed
+(head.py). Anything else (assets, probes, chunked bodies, Expect, other methods) is handed over,
+with every byte received since the start of that request, to aiohttp's own protocol, which keeps
+the connection from then on.
 
 Framing is ours (head ends at the first CRLF CRLF, body is Content-Length bytes), so the start of
 each request in the byte stream is always known, and a hand-over can replay it exactly.
+
+Flow control (uvicorn's FlowControl is the model): one request in flight per connection; the next
+pipelined request is not started while the transport's write buffer is above its high-water mark
+(pause_writing .. resume_writing), and reading pauses while writing is paused or while more than
+PAUSE_ABOVE unparsed bytes wait behind a request in flight. A connection therefore holds at most:
+one request (head <= 64 KiB + body <= the endpoint's limit), PAUSE_ABOVE + one read of unparsed
+bytes behind it, and one answer + the transport's high-water mark (64 KiB) of unsent bytes; and it
+starts at most one upstream exchange at a time, whatever the client does.
 """
 
 from __future__ import annotations
@@ -23,22 +31,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
-import httptools
-from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Counter
 
-from ...decide.paths import PathMatch
+from ...decide.headers import CorsPolicy
 from ...ops.accesslog import AccessRecorder
 from ...relay import answers
 from ...relay.handler import ApiRelay
+from .head import LINE_TOO_LONG, Head, HeadReader, Refusal, scan, too_long_line_answer
 from .wire import LeanRequest, answer_bytes
 
 log = logging.getLogger("mixpanel_proxy.edge")
 
-MAX_HEAD = 8192            # aiohttp's own line limit is 8190: a longer head is aiohttp's to judge
-MAX_FIELDS = 100           # aiohttp allows 128
-PAUSE_ABOVE = 256 * 1024   # bytes buffered behind a request in flight (pipelining) before pausing
-_PLAIN_METHODS = {b"GET": "GET", b"POST": "POST", b"OPTIONS": "OPTIONS"}
+PAUSE_ABOVE = 256 * 1024   # unparsed bytes behind a request in flight before reading pauses
+LINGER_SECONDS = 2.0       # after a refusal: how long the client's further bytes are read away
+LINGER_BYTES = 1024 * 1024  # ... and how many at most
 
 
 @dataclass(eq=False)
@@ -50,26 +56,15 @@ class Edge:
     limits: Mapping[str, int]                          # body limit per endpoint
     aiohttp_protocol: Callable[[], asyncio.Protocol]   # aiohttp's web.Server
     handovers: Mapping[str, Counter]                    # by reason
+    reject: Callable[[str], None]                       # the rejections metric, by reason
+    cors: CorsPolicy                                    # for refusals a browser must read
     connections: set[EdgeConnection] = field(default_factory=set)
+    # Strong references to the requests in flight (the loop keeps only weak ones), so a stop
+    # can cancel the stragglers.
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
     draining: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)   # set when nothing is in flight
     busy: int = 0
-
-
-@dataclass(slots=True)
-class _Head:
-    method: str
-    target: str
-    match: PathMatch
-    headers: CIMultiDictProxy[str]
-    length: int | None
-    body_start: int
-    keep_alive: bool
-    http10: bool
-
-    @property
-    def end(self) -> int:
-        return self.body_start + (self.length or 0)
 
 
 class EdgeConnection(asyncio.Protocol):
@@ -80,18 +75,27 @@ class EdgeConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._remote: str | None = None
         self._buffer = bytearray()
-        self._head: _Head | None = None
+        self._scanned = 0                  # bytes of the next head already scanned
+        self._heads = HeadReader()
+        self._head: Head | None = None
         self._busy = False
-        self._paused = False
+        self._read_paused = False
+        self._write_paused = False
+        self._lingering: asyncio.TimerHandle | None = None     # after a refusal
+        self._lingered = 0
+        self._refused: asyncio.Transport | None = None
         self.idle_since = time.monotonic()
-        # llhttp callbacks land here
-        self._url = b""
-        self._fields: list[tuple[bytes, bytes]] = []
-        self._head_complete = False
 
     @property
     def busy(self) -> bool:
         return self._busy
+
+    @property
+    def buffered(self) -> int:
+        """Bytes this connection holds: unparsed input, and answers the client has not taken."""
+        transport = self._transport
+        unsent = transport.get_write_buffer_size() if transport is not None else 0
+        return len(self._buffer) + unsent
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -101,11 +105,13 @@ class EdgeConnection(asyncio.Protocol):
         self._edge.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            self._linger(len(data))
+            return
         self._buffer += data
-        if self._busy:
-            if len(self._buffer) > PAUSE_ABOVE and not self._paused and self._transport:
-                self._paused = True
-                self._transport.pause_reading()
+        if self._busy or self._write_paused:
+            if len(self._buffer) > PAUSE_ABOVE:
+                self._pause_reading()
             return
         if self._head is not None:
             self.idle_since = time.monotonic()        # a body arriving is progress
@@ -114,26 +120,41 @@ class EdgeConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._edge.connections.discard(self)
+        if self._lingering is not None:
+            self._lingering.cancel()
+
+    def pause_writing(self) -> None:
+        """The client is not reading our answers: start no request, read nothing more."""
+        self._write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if not self._busy:
+            self._resume_reading()
+            self._advance()
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
 
-    # llhttp callbacks
-    def on_url(self, url: bytes) -> None:
-        self._url += url
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self._transport is not None:
+            self._read_paused = True
+            self._transport.pause_reading()
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        self._head_complete = True
+    def _resume_reading(self) -> None:
+        if self._read_paused and self._transport is not None:
+            self._read_paused = False
+            self._transport.resume_reading()
 
     # framing
     def _advance(self) -> None:
-        while self._transport is not None and not self._busy:
+        while self._transport is not None and not self._busy and not self._write_paused:
             if self._head is None:
-                self._head = self._read_head()
+                if not self._buffer:
+                    return
+                self._head = self._next_head()
                 if self._head is None:
                     return
             head = self._head
@@ -145,55 +166,55 @@ class EdgeConnection(asyncio.Protocol):
             del self._buffer[:head.end]
             self._dispatch(head, body)
 
-    def _read_head(self) -> _Head | None:
-        """The next request's head if it is complete and plain; hands over if it is not plain."""
+    def _next_head(self) -> Head | None:
+        """The next request's head if it is complete and plain; refuses it or hands it over if
+        it is not."""
         buffer = self._buffer
-        end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD)
-        if end < 0:
-            if len(buffer) >= MAX_HEAD:
-                self._hand_over("head")
+        end = scan(buffer, self._scanned)
+        if end is None:
+            self._scanned = len(buffer)
             return None
-        raw = bytes(buffer[:end + 4])
-        head = "head" if raw.count(b"\n") != raw.count(b"\r\n") else self._parse(raw)
-        if isinstance(head, str):
+        self._scanned = 0
+        if isinstance(end, Refusal):
+            self._refuse(too_long_line_answer(buffer, self._edge.relay.match)
+                         if end is LINE_TOO_LONG else end)
+            return None
+        head = self._heads.read(bytes(buffer[:end]), self._edge.relay.match, self._edge.limits)
+        if isinstance(head, Head):
+            return head
+        if isinstance(head, Refusal):
+            self._refuse(head)
+        else:
             self._hand_over(head)
-            return None
-        return head
+        return None
 
-    def _parse(self, raw: bytes) -> _Head | str:
-        """The head, or why the request is not plain (a `edge_handovers` reason)."""
-        self._url, self._fields, self._head_complete = b"", [], False
-        parser = httptools.HttpRequestParser(self)
-        try:
-            parser.feed_data(raw)
-        except httptools.HttpParserUpgrade:
-            return "framing"               # CONNECT, or an Upgrade header
-        except httptools.HttpParserError:
-            return "head"
-        version = parser.get_http_version()
-        if (not self._head_complete or version not in ("1.1", "1.0")
-                or len(self._fields) > MAX_FIELDS):
-            return "head"
-        if not self._url.startswith(b"/"):
-            return "target"
-        method = _PLAIN_METHODS.get(parser.get_method())
-        if method is None:
-            return "method"
-        target = self._url.decode("utf-8", "surrogateescape")
-        match = self._edge.relay.match(target)
-        if match is None:
-            return "target"
-        headers = CIMultiDict([(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
-                               for name, value in self._fields])
-        if ("Transfer-Encoding" in headers or "Expect" in headers or "Upgrade" in headers
-                or parser.should_upgrade()):
-            return "framing"
-        declared = headers.get("Content-Length")
-        length = None if declared is None else int(declared)   # llhttp allows one, digits only
-        if length is not None and length > self._edge.limits[match.endpoint]:
-            return "framing"               # the relay answers 413 in JSON, over aiohttp
-        return _Head(method, target, match, CIMultiDictProxy(headers), length, len(raw),
-                     parser.should_keep_alive(), version == "1.0")
+    def _refuse(self, refusal: Refusal) -> None:
+        """Answer in JSON (never the client's bytes), and close once the client has it."""
+        transport = self._transport
+        if transport is None:
+            return
+        self._edge.reject(refusal.reason)
+        origin = refusal.origin
+        cors = self._edge.cors
+        answer = answers.problem(refusal.status, refusal.message,
+                                 cors.headers(origin) if cors.allows(origin) else None)
+        transport.write(answer_bytes(answer, False, False))
+        self._buffer = bytearray()
+        self._edge.connections.discard(self)
+        # Closing a socket with unread bytes sends a reset, which can destroy the answer before
+        # the client reads it: half-close, read the client's further bytes away for a bounded
+        # time and amount, then close (nginx's lingering close).
+        self._refused = transport
+        self._lingering = self._loop.call_later(LINGER_SECONDS, transport.close)
+        self._resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._transport = None
+
+    def _linger(self, size: int) -> None:
+        self._lingered += size
+        if self._lingered > LINGER_BYTES and self._refused is not None:
+            self._refused.close()
 
     def _hand_over(self, reason: str) -> None:
         """aiohttp's protocol takes this connection, starting with the bytes of this request."""
@@ -209,19 +230,22 @@ class EdgeConnection(asyncio.Protocol):
         pending, self._buffer = bytes(self._buffer), bytearray()
         if pending:
             protocol.data_received(pending)
-        if self._paused:
+        if self._read_paused:
             transport.resume_reading()
 
     # answering
-    def _dispatch(self, head: _Head, body: bytes) -> None:
+    def _dispatch(self, head: Head, body: bytes) -> None:
         self._busy = True
-        self._edge.busy += 1
-        self._edge.idle.clear()
+        edge = self._edge
+        edge.busy += 1
+        edge.idle.clear()
         request = LeanRequest(head.method, head.target, head.headers, self._remote, head.length,
                               body)
-        self._loop.create_task(self._respond(request, head))
+        task = self._loop.create_task(self._respond(request, head))
+        edge.tasks.add(task)
+        task.add_done_callback(edge.tasks.discard)
 
-    async def _respond(self, request: LeanRequest, head: _Head) -> None:
+    async def _respond(self, request: LeanRequest, head: Head) -> None:
         recorder = self._edge.recorder
         facts, token = recorder.open()
         started = time.perf_counter()
@@ -250,12 +274,12 @@ class EdgeConnection(asyncio.Protocol):
         if transport is None:
             return                         # the client left; the upstream had its request
         if data:
-            transport.write(data)
+            transport.write(data)          # may call pause_writing at once
         if not keep_alive:
             transport.close()
             return
-        if self._paused:
-            self._paused = False
-            transport.resume_reading()
+        if self._write_paused:
+            return                         # resume_writing takes it from here
+        self._resume_reading()
         if self._buffer:
             self._advance()

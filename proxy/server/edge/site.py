@@ -17,7 +17,9 @@ from typing import cast
 from aiohttp import web
 
 from ...app import ACCESS_KEY, CONFIG_KEY, METRICS_KEY, RELAY_KEY
+from ...decide.headers import CorsPolicy
 from ...ops.metrics import EDGE_HANDOVER_REASONS
+from ..refusals import json_refusing
 from .connection import Edge, EdgeConnection
 
 __all__ = ["EdgeSite"]
@@ -38,21 +40,38 @@ class EdgeSite(web.SockSite):
         runner = cast(web.AppRunner, self._runner)
         app, server = runner.app, runner.server
         assert server is not None
-        handovers = app[METRICS_KEY].edge_handovers
+        metrics = app[METRICS_KEY]
+        handovers = metrics.edge_handovers
         edge = self._edge = Edge(app[RELAY_KEY], app[ACCESS_KEY], app[CONFIG_KEY].limits.body,
-                                 server, {reason: handovers.labels(reason)
-                                          for reason in EDGE_HANDOVER_REASONS})
+                                 json_refusing(server, metrics),
+                                 {reason: handovers.labels(reason)
+                                  for reason in EDGE_HANDOVER_REASONS},
+                                 metrics.reject, CorsPolicy(app[CONFIG_KEY].cors))
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: EdgeConnection(edge),
                                                 sock=self._sock, backlog=self._backlog)
         self._sweeper = loop.create_task(self._sweep())
 
+    @property
+    def edge(self) -> Edge | None:
+        """What this site's connections share (None until started)."""
+        return self._edge
+
     def stop_accepting(self) -> None:
         """Close this process's listening socket; answers from now on close their connection."""
-        if self._server is not None:
-            self._server.close()
         if self._edge is not None:
             self._edge.draining = True
+        server = self._server
+        if server is None:
+            return
+        # An accept asyncio has made but not yet attached (its task runs on the next turn of
+        # the loop) fails inside asyncio if the server closes first, and that connection hangs
+        # unanswered until the worker exits. So: no new accepts from now (the listening socket
+        # is no longer watched), and the server closes once those in progress are attached.
+        loop = asyncio.get_running_loop()
+        for sock in cast(asyncio.Server, server).sockets:    # uvloop's Server has them too
+            loop.remove_reader(sock.fileno())
+        loop.call_soon(server.close)
 
     async def stop(self) -> None:
         """Stop accepting, close idle connections, let requests in flight finish (bounded)."""
@@ -69,6 +88,10 @@ class EdgeSite(web.SockSite):
         if edge.busy:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(edge.idle.wait(), self._shutdown_timeout)
+        stragglers = list(edge.tasks)       # past the shutdown timeout: cancelled, not leaked
+        for task in stragglers:
+            task.cancel()
+        await asyncio.gather(*stragglers, return_exceptions=True)
         for connection in list(edge.connections):
             connection.close()
 

@@ -1,0 +1,128 @@
+"""The edge site stopping: connections that arrive as it stops accepting are answered at once
+(issue 19 item 10), and requests still in flight past the shutdown timeout are cancelled, not
+leaked. A real EdgeSite on loopback, on asyncio's own loop (uvloop does not have the accept race).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from proxy.server.edge import EdgeSite
+from proxy.server.worker import _Draining
+from tests.conftest import US_TOKEN
+from tests.support.edge_wire import offline_app
+from tests.support.fakes import FakeUpstream
+from tests.support.helpers import browser_form, event
+
+PREFLIGHT = (b"OPTIONS /track/ HTTP/1.1\r\nHost: relay\r\nOrigin: https://shop.example\r\n"
+             b"Access-Control-Request-Method: POST\r\n\r\n")
+
+
+async def started(app: web.Application, shutdown_timeout: float = 5.0,
+                  ) -> tuple[web.AppRunner, EdgeSite, int]:
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    site = EdgeSite(runner, sock, shutdown_timeout=shutdown_timeout)
+    await site.start()
+    return runner, site, port
+
+
+async def arrivals_as_accepting_stops(ticks: int) -> int:
+    """20 connections reach the listening socket, the site stops accepting `ticks` turns of the
+    loop later; how many of them then get neither an answer nor a close within a second."""
+    loop = asyncio.get_running_loop()
+    runner, site, port = await started(offline_app())
+    clients = []
+    try:
+        for _ in range(20):
+            client = socket.socket()
+            client.setblocking(False)
+            try:
+                client.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            clients.append(client)
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        site.stop_accepting()
+        await asyncio.sleep(0.05)
+        hung = 0
+        for client in clients:
+            try:
+                await loop.sock_sendall(client, PREFLIGHT)
+                await asyncio.wait_for(loop.sock_recv(client, 4096), 1.0)
+            except TimeoutError:
+                hung += 1
+            except OSError:
+                pass                     # never accepted: reset with the listening socket
+        return hung
+    finally:
+        for client in clients:
+            client.close()
+        await runner.cleanup()
+
+
+async def test_a_connection_arriving_as_accepting_stops_is_not_left_hanging() -> None:
+    hung = [await arrivals_as_accepting_stops(ticks) for ticks in range(5)]
+    assert hung == [0] * 5
+
+
+@pytest.fixture
+async def slow_upstream() -> AsyncIterator[FakeUpstream]:
+    fake = FakeUpstream("us", delay=3.0)
+    fake.server = TestServer(fake.app(), host="127.0.0.1")
+    await fake.server.start_server()
+    yield fake
+    await fake.server.close()
+
+
+async def test_requests_in_flight_past_the_shutdown_timeout_are_cancelled(
+        slow_upstream: FakeUpstream) -> None:
+    app = offline_app({"regions": {name: {"url": slow_upstream.url}
+                                   for name in ("us", "eu", "in")},
+                       "upstream": {"read_timeout": 10.0}})
+    runner, site, port = await started(app, shutdown_timeout=0.2)
+    body = browser_form([event(US_TOKEN)])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /track/ HTTP/1.1\r\nHost: relay\r\nContent-Length: %d\r\n"
+                 b"Content-Type: application/x-www-form-urlencoded\r\n\r\n" % len(body) + body)
+    for _ in range(100):
+        if slow_upstream.received:
+            break
+        await asyncio.sleep(0.02)
+    edge = site.edge
+    assert edge is not None and len(edge.tasks) == 1
+    began = time.monotonic()
+    await site.stop()
+    assert time.monotonic() - began < 2.0          # not the upstream's 3 s
+    assert not edge.tasks
+    assert await asyncio.wait_for(reader.read(), 2) == b""     # closed, not left open
+    writer.close()
+    await runner.cleanup()
+
+
+async def test_answers_aiohttp_makes_while_draining_say_they_close() -> None:
+    """proxy/server/worker.py: during the drain grace every answer closes its connection, and
+    must say so (aiohttp decides its Connection header before the prepare hook runs)."""
+    app = offline_app()
+    draining = _Draining()
+    app.on_response_prepare.append(draining.on_response_prepare)
+    runner, site, port = await started(app)
+    try:
+        draining.active = True
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")     # aiohttp's path
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert b"Connection: close" in head
+        writer.close()
+    finally:
+        await runner.cleanup()
