@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.app import create_app
 from proxy.config import parse_config
+from proxy.ops.metrics import EDGE_HANDOVER_REASONS
 from tests.conftest import US_TOKEN, RelayFactory, relay_config
 from tests.support import rawhttp
 from tests.support.edge_server import EdgeTestServer
@@ -49,7 +50,7 @@ async def exchange(client: Client, data: bytes, answers: int, pieces: int = 1,
 
 def handovers(registry: CollectorRegistry) -> dict[str, float]:
     return {reason: sample(registry, "mixpanel_proxy_edge_handovers_total", reason=reason)
-            for reason in ("target", "method", "framing", "head")}
+            for reason in EDGE_HANDOVER_REASONS}
 
 
 async def test_plain_requests_stay_on_the_edge_in_order(
@@ -94,8 +95,8 @@ async def test_not_plain_shapes_are_served_by_aiohttp(
     chunked = (b"POST /track/ HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked\r\n"
                b"Content-Type: application/x-www-form-urlencoded\r\n\r\n"
                + f"{len(BODY):x}\r\n".encode() + BODY + b"\r\n0\r\n\r\n")
-    # A head past 8 KiB (a first-party site's cookies; each line within aiohttp's 8190):
-    # relayed, the cookie never forwarded.
+    # A head past 8 KiB (a first-party site's cookies): served by the edge itself (heads up to
+    # 64 KiB), the cookie never forwarded.
     cookie = track(extra="Cookie: " + "c" * 5000 + "\r\nX-Site: " + "s" * 5000 + "\r\n")
     for request in (chunked, cookie):
         answers, _ = await exchange(client, request, 1)
@@ -112,20 +113,23 @@ async def test_not_plain_shapes_are_served_by_aiohttp(
         client, b"GET http://evil.example/track HTTP/1.1\r\nHost: evil.example\r\n\r\n", 1)
     assert answers[0][0] == 400
     assert len(upstreams["us"].received) == 2
-    assert handovers(registry) == {"target": 1, "method": 1, "framing": 2, "head": 1}
+    assert handovers(registry) == {"target": 1, "method": 1, "framing": 2}
 
 
-async def test_bare_lf_heads_are_left_to_aiohttp(
+async def test_bare_lf_heads_are_refused_by_the_edge(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream]) -> None:
     """The edge frames on CRLF CRLF; a head with bare LFs could hide a second request from that
-    framing, so it is never parsed by the edge at all."""
+    framing, so the edge refuses it at once in JSON and closes, handing nothing over."""
     registry = CollectorRegistry()
     client = await make_relay(registry=registry)
     smuggle = (b"POST /track/ HTTP/1.1\nHost: relay\nContent-Length: 0\n\n"
                b"GET /engage/ HTTP/1.1\r\nHost: relay\r\n\r\n")
     answers, closed = await exchange(client, smuggle, 1, until_close=True)
-    assert answers[0][0] == 400 and closed          # aiohttp's parser refuses bare LFs
-    assert handovers(registry)["head"] == 1
+    assert answers[0][0] == 400 and closed
+    assert answers[0][1]["content-type"] == "application/json"
+    assert b"Host" not in answers[0][2]                      # never the client's bytes
+    assert handovers(registry) == {"target": 0, "method": 0, "framing": 0}
+    assert sample(registry, "mixpanel_proxy_rejections_total", reason="bad_request") == 1
     assert upstreams["us"].received == []
 
 

@@ -66,7 +66,7 @@ def reference(data: bytes) -> Reference:
     protocols on CONNECT) to reach the next. h11 closes after every HTTP/1.0 request; after one
     that asked for keep-alive, the rest is framed as a new connection would frame it."""
     out = Reference()
-    start = 0
+    start: int | None = 0
     while start is not None:
         start = _reference_from(data, start, out)
     return out

@@ -150,6 +150,7 @@ async def test_pipelining_without_reading_holds_bounded_memory(
     starts a few exchanges, then stops (write side above its high-water mark, reading paused)."""
     upstreams["us"].answer(200, b"f" * 100_000, {"Content-Type": "application/json"})
     client = await make_relay()
+    assert client.server.runner is not None
     site = next(s for s in client.server.runner.sites if isinstance(s, EdgeSite))
     assert site.edge is not None
     request = (f"GET /flags/definitions HTTP/1.1\r\nHost: relay\r\n"
@@ -160,7 +161,9 @@ async def test_pipelining_without_reading_holds_bounded_memory(
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", client.port))
     _, writer = await asyncio.open_connection(sock=sock)
-    writer.transport.pause_reading()              # the client never reads an answer
+    transport = writer.transport
+    assert isinstance(transport, asyncio.Transport)
+    transport.pause_reading()                     # the client never reads an answer
     writer.write(request * 400)
     peak = 0
     for _ in range(30):

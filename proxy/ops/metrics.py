@@ -35,7 +35,7 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-EDGE_HANDOVER_REASONS = ("target", "method", "framing", "head")
+EDGE_HANDOVER_REASONS = ("target", "method", "framing")
 
 
 @dataclass(slots=True)
@@ -177,10 +177,10 @@ class Metrics:
             self.asset_cache.labels(result)
         # The lean edge (server/edge/): connections handed to aiohttp, by what made the request
         # not plain (target: not an SDK endpoint; method; framing: chunked, Expect, Upgrade or a
-        # body past its limit; head: too long, not CRLF, refused by llhttp, or another version).
+        # body past its limit). Heads the edge cannot serve it refuses itself, in JSON.
         self.edge_handovers = Counter(
             "mixpanel_proxy_edge_handovers", "Connections the lean edge handed to aiohttp, by "
-            "reason (target, method, framing, head).", ("reason",), registry=r)
+            "reason (target, method, framing).", ("reason",), registry=r)
         for reason in EDGE_HANDOVER_REASONS:
             self.edge_handovers.labels(reason)
         self._publisher = multiproc.Publisher(self.registry, self._gauge_modes()) \

@@ -11,8 +11,9 @@ from playwright.async_api import Browser
 
 from proxy.server.limits import MAX_HEAD
 from tests.conftest import US_TOKEN
-from tests.support.browser import Site, calls, eventually, open_tab, snippet_page
+from tests.support.browser import Site, calls, open_tab, snippet_page
 from tests.support.fakes import FakeUpstream
+from tests.support.waits import eventually
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
