@@ -28,6 +28,7 @@ from aiohttp.http_exceptions import LineTooLong
 
 from ..ops.metrics import Metrics
 from ..relay import answers
+from . import aiohttp_seam
 from .limits import MAX_HEAD
 
 log = logging.getLogger("mixpanel_proxy.parser")
@@ -73,11 +74,9 @@ def json_refusing(server: Callable[[], web.RequestHandler],
             return response
 
     def make() -> asyncio.Protocol:
-        handler = server()
         # aiohttp's Server builds its handlers itself, from settings it keeps private; taking
         # one it built and giving it the subclass keeps every one of those settings.
-        handler.__class__ = JsonRefusals
-        return handler
+        return aiohttp_seam.adopt(server(), JsonRefusals)
 
     return make
 

@@ -1,8 +1,8 @@
 """A test server that serves the app the way a worker does: through the lean edge (EdgeSite).
 
-aiohttp's TestServer listens with a plain SockSite; this one listens with `proxy.edge.EdgeSite`,
-so a test's requests take the production path: plain SDK requests answered by the edge, anything
-else handed over to aiohttp with its bytes intact.
+aiohttp's TestServer listens with a plain SockSite; this one listens with
+`proxy.server.edge.EdgeSite`, so a test's requests take the production path: plain SDK requests
+answered by the edge, anything else handed over to aiohttp with its bytes intact.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
+from proxy.server import aiohttp_seam
 from proxy.server.edge import EdgeSite
 
 
@@ -25,8 +26,8 @@ class EdgeTestServer(TestServer):
     async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
         if self.runner:
             return
-        runner = await self._make_runner(
-            handler_cancellation=True, keepalive_timeout=self._keepalive_timeout, **kwargs)
+        runner = await aiohttp_seam.make_test_runner(
+            self, handler_cancellation=True, keepalive_timeout=self._keepalive_timeout, **kwargs)
         assert isinstance(runner, web.AppRunner)
         self.runner = runner
         await runner.setup()

@@ -19,6 +19,7 @@ from aiohttp import web
 from ...app import ACCESS_KEY, CONFIG_KEY, METRICS_KEY, RELAY_KEY
 from ...decide.headers import CorsPolicy
 from ...ops.metrics import EDGE_HANDOVER_REASONS
+from .. import aiohttp_seam
 from ..refusals import json_refusing
 from .connection import Edge, EdgeConnection
 
@@ -36,8 +37,7 @@ class EdgeSite(web.SockSite):
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await web.BaseSite.start(self)            # registers the site with its runner
-        runner = cast(web.AppRunner, self._runner)
+        runner = await aiohttp_seam.register_site(self)
         app, server = runner.app, runner.server
         assert server is not None
         metrics = app[METRICS_KEY]
@@ -48,8 +48,9 @@ class EdgeSite(web.SockSite):
                                   for reason in EDGE_HANDOVER_REASONS},
                                  metrics.reject, CorsPolicy(app[CONFIG_KEY].cors))
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: EdgeConnection(edge),
-                                                sock=self._sock, backlog=self._backlog)
+        sock, backlog = aiohttp_seam.site_socket(self)
+        aiohttp_seam.set_site_server(self, await loop.create_server(
+            lambda: EdgeConnection(edge), sock=sock, backlog=backlog))
         self._sweeper = loop.create_task(self._sweep())
 
     @property
@@ -61,7 +62,7 @@ class EdgeSite(web.SockSite):
         """Close this process's listening socket; answers from now on close their connection."""
         if self._edge is not None:
             self._edge.draining = True
-        server = self._server
+        server = aiohttp_seam.site_server(self)
         if server is None:
             return
         # An accept asyncio has made but not yet attached (its task runs on the next turn of
