@@ -27,7 +27,7 @@ from ..ops.accesslog import request_facts
 from ..ops.health import RegionHealth
 from ..ops.metrics import Metrics, RouteMeters
 from ..spool import Spool, SpoolEntry
-from ..upstream.client import UpstreamAnswer, UpstreamClient, UpstreamFailure
+from ..upstream.client import REPLAYABLE_ENDPOINTS, UpstreamAnswer, UpstreamClient, UpstreamFailure
 from . import answers
 from .answers import Answer
 from .coalesce import MERGED_QUERY, Coalescer, MergedAnswer, accepted
@@ -182,7 +182,7 @@ class ApiRelay:
         self._metrics.upstream_bytes.labels("track", region).inc(len(body))
         started = time.perf_counter()
         try:
-            answer = await self._upstream.send("POST", url, headers, body)
+            answer = await self._upstream.send("POST", url, headers, body, replayable=True)
         except UpstreamFailure as failure:
             self._metrics.upstream_failures.labels(region, failure.kind).inc()
             self._health.failed(region, failure.message)
@@ -235,7 +235,8 @@ class ApiRelay:
         try:
             answer = await self._upstream.send_to(
                 self._base_urls[(part.region, match.endpoint)], path_qs, routed.method,
-                out_headers, body if body or routed.method == "POST" else None, read_timeout)
+                out_headers, body if body or routed.method == "POST" else None, read_timeout,
+                replayable=match.endpoint in REPLAYABLE_ENDPOINTS)
         except UpstreamFailure as failure:
             self._metrics.upstream_failures.labels(part.region, failure.kind).inc()
             self._health.failed(part.region, failure.message)
