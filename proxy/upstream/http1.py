@@ -107,7 +107,8 @@ class _Connection(asyncio.Protocol):
         self._headers, self._body, self._size = [], [], 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if not self._head_done:     # after the head: a chunked body's trailer, never merged
+            self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self._head_done = True
