@@ -77,7 +77,13 @@ class _Connection(asyncio.Protocol):
             # next exchange's answer would be read after it, so the connection is done for.
             self.close()
             return
-        self._received = True
+        if not self._received:
+            self._received = True
+            if data[0] in b"\r\n":     # llhttp skips empty lines before a status line; h11
+                self._fail(ExchangeError("protocol", "malformed response (empty line before "
+                                                     "the status line)"))
+                self.close()
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -108,7 +114,8 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._head_done:     # after the head: a chunked body's trailer, never merged
-            self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+            # llhttp keeps a value's trailing whitespace, which is not part of it (RFC 9110 5.5)
+            self._headers.append((name.decode("latin-1"), value.rstrip(b" \t").decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self._head_done = True

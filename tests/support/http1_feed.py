@@ -76,7 +76,8 @@ async def feed(chunks: Iterable[bytes], *, eof: bool = True, reused: bool = Fals
     for chunk in chunks:
         if transport.closed:
             break                               # a closed transport reads nothing more
-        connection.data_received(chunk)
+        if chunk:                               # as a transport: never an empty read
+            connection.data_received(chunk)
     if eof:
         transport.peer_closes()
     for _ in range(3):                          # call_soon(connection_lost), then the task
