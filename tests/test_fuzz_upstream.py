@@ -41,6 +41,17 @@ STATUSES = [200, 200, 200, 201, 202, 204, 304, 400, 401, 403, 413, 429, 500, 502
 NAMES = [b"Content-Type", b"Retry-After", b"Date", b"Server", b"X-Request-Id", b"Vary",
          b"Access-Control-Allow-Origin", b"Set-Cookie", b"x-lower", b"X-Empty"]
 VALUE_CHARS = st.sampled_from(list(b"abcXYZ019 -_/;=,.:\"()"))
+# Field lines that strict parsers refuse or frame differently: smuggling shapes and oddities.
+ODD_LINES = [b"Content-Length: 3\r\n", b"Content-Length: 0\r\n", b"Content-Length: +1\r\n",
+             b"Content-Length: 1, 1\r\n", b"Transfer-Encoding: gzip\r\n",
+             b"Transfer-Encoding: chunked\r\n", b"Transfer-Encoding: gzip, chunked\r\n",
+             b" folded continuation\r\n", b"X-Bare-LF: 1\n", b"Bad Name: 1\r\n",
+             b"X-Nul: a\x00b\r\n", b"X-Utf8: caf\xc3\xa9\r\n", b"Connection: upgrade\r\n",
+             b"Upgrade: websocket\r\n", b"X-Long: " + b"v" * 300 + b"\r\n"]
+ODD_INTERIM = [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+               b"HTTP/1.1 150 Odd\r\nContent-Length: 2\r\n\r\nhi", b"HTTP/1.1 100 Continue\n\n",
+               b"HTTP/1.0 100 Continue\r\n\r\n",
+               b"HTTP/1.1 103 Early Hints\r\nConnection: close\r\n\r\n"]
 MUTANTS = list(b" \r\n\t:0a\x00\x7f\xff;-")
 
 
@@ -136,11 +147,14 @@ def chunked(draw: st.DrawFn, body: bytes) -> bytes:
 
 @st.composite
 def answers(draw: st.DrawFn) -> bytes:
-    parts = draw(st.lists(st.sampled_from(INTERIM), max_size=2))
+    parts = draw(st.lists(st.sampled_from(INTERIM + ODD_INTERIM[:draw(st.integers(0, 5))]),
+                          max_size=2))
     version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0"]))
     status = draw(st.sampled_from(STATUSES))
     reason = draw(st.sampled_from([b" OK", b" ", b"", b" Some Reason"]))
     head = [version + b" " + str(status).encode() + reason + b"\r\n", *draw(field_lines())]
+    if draw(st.integers(0, 3)) == 0:
+        head.insert(draw(st.integers(1, len(head))), draw(st.sampled_from(ODD_LINES)))
     connection = draw(st.sampled_from([None, None, b"close", b"keep-alive", b"Close"]))
     if connection is not None:
         head.append(b"Connection: " + connection + b"\r\n")

@@ -93,6 +93,29 @@ async def test_a_malformed_answer_is_a_failure_and_closes(data: bytes) -> None:
     assert fed.transport.closed
 
 
+@pytest.mark.parametrize("codings", [
+    [b"gzip, chunked"], [b"gzip", b"chunked"], [b"chunked", b"chunked"], [b"identity"]])
+async def test_a_transfer_coding_other_than_chunked_is_a_failure(codings: list[bytes]) -> None:
+    """A differential fuzzer finding: llhttp undoes the chunking of `gzip, chunked` and would
+    hand over a body still gzipped as if it were the answer (h11 refuses it)."""
+    head = b"".join(b"Transfer-Encoding: " + coding + b"\r\n" for coding in codings)
+    fed = await feed([b"HTTP/1.1 200 OK\r\n" + head + b"\r\n1\r\nx\r\n0\r\n\r\n"])
+    assert fed.error.kind == "protocol" and fed.transport.closed
+
+
+async def test_trailing_whitespace_is_not_part_of_a_value() -> None:
+    """A differential fuzzer finding: llhttp keeps it, h11 (and RFC 9110 5.5) do not."""
+    fed = await feed([b"HTTP/1.1 429 Too Many\r\nRetry-After: 7 \t\r\nContent-Length: 0\r\n\r\n"],
+                     eof=False)
+    assert fed.answer.headers == [("Retry-After", "7"), ("Content-Length", "0")]
+
+
+@pytest.mark.parametrize("lead", [b"\r\n", b"\n", b"\r"])
+async def test_an_empty_line_before_the_status_line_is_a_failure(lead: bytes) -> None:
+    fed = await feed([lead + WHOLE], eof=False)
+    assert fed.error.kind == "protocol" and fed.transport.closed
+
+
 async def test_bytes_while_idle_close_the_connection() -> None:
     connection, transport = connect()
     first = await feed(OK, eof=False, on=(connection, transport))

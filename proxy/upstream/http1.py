@@ -63,6 +63,7 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._received = False
         self._head_done = False     # the current message's head is complete
+        self._chunked = False       # it said Transfer-Encoding: chunked
         self._keep_alive = False
 
     # asyncio.Protocol
@@ -110,12 +111,24 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done():     # bytes after the answer, in the same read
             raise _StopParsing
         # Fresh lists per message: an interim answer's fields are not the final answer's.
-        self._headers, self._body, self._size = [], [], 0
+        self._headers, self._body, self._size, self._chunked = [], [], 0, False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._head_done:     # after the head: a chunked body's trailer, never merged
-            # llhttp keeps a value's trailing whitespace, which is not part of it (RFC 9110 5.5)
-            self._headers.append((name.decode("latin-1"), value.rstrip(b" \t").decode("latin-1")))
+        if self._head_done:         # after the head: a chunked body's trailer, never merged
+            return
+        value = value.rstrip(b" \t")   # llhttp keeps trailing whitespace (RFC 9110 5.5: not
+        if len(name) == 17 and name.lower() == b"transfer-encoding":     # part of the value)
+            self._check_coding(value)
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def _check_coding(self, value: bytes) -> None:
+        """Only `chunked`, once (as h11): llhttp would undo the chunking of `gzip, chunked` and
+        hand over a body still gzipped, as if it were the answer."""
+        if self._chunked or value.lower() != b"chunked":
+            self._fail(ExchangeError("protocol", "the response uses a transfer coding other "
+                                                 "than chunked"))
+            raise _StopParsing
+        self._chunked = True
 
     def on_headers_complete(self) -> None:
         self._head_done = True
