@@ -17,6 +17,7 @@ from yarl import URL
 from proxy.config.sections import UpstreamConfig
 from proxy.upstream.client import UpstreamClient, UpstreamFailure, trust_context
 from proxy.upstream.http1 import MAX_RESPONSE_BYTES
+from proxy.upstream.pool import ConnectionPool
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1"
@@ -404,3 +405,76 @@ def test_ca_file_grows_the_default_store(tmp_path: Path) -> None:
     context = trust_context(str(tmp_path / "ca.pem"))
     assert context.cert_store_stats()["x509_ca"] == system + 1
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+async def test_idle_connections_past_their_timeout_are_swept() -> None:
+    """LIFO reuse leaves the oldest idle connections where no request looks: a sweep closes
+    them once idle past the idle timeout, and the server sees each close."""
+    closed: list[int] = []
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        number = connections
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                closed.append(number)
+                return
+            await asyncio.sleep(0.05)       # slow enough that three requests need three
+            writer.write(OK)
+            await writer.drain()
+
+    async with raw_server(handler) as url:
+        pool = ConnectionPool("127.0.0.1", url.port or 0, None, 4, 1.0, idle_timeout=0.3)
+        raw = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        await asyncio.gather(*(pool.request(raw, 2.0, True) for _ in range(3)))
+        assert (connections, pool.idle_count) == (3, 3)
+        await pool.request(raw, 2.0, True)       # reuses the warmest; the others age
+        for _ in range(100):
+            if len(closed) == 3:
+                break
+            await asyncio.sleep(0.05)
+        swept = sorted(closed)
+        pool.close()
+    assert swept == [1, 2, 3] and connections == 3
+
+
+async def test_waits_that_expire_or_are_cancelled_give_no_slot_away() -> None:
+    """One slot: a wait that times out and a wait that is cancelled leave it whole, so the
+    next request still gets it (and never two at once)."""
+    in_flight, most = 0, 0
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal in_flight, most
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            in_flight += 1
+            most = max(most, in_flight)
+            await release.wait()
+            in_flight -= 1
+            writer.write(OK)
+            await writer.drain()
+
+    upstream = UpstreamClient(UpstreamConfig(connect_timeout=1, read_timeout=5, pool_size=1))
+    await upstream.start()
+    async with raw_server(handler) as url:
+        holder = asyncio.create_task(upstream.send("GET", url, {}, None))
+        await asyncio.sleep(0.1)
+        with pytest.raises(UpstreamFailure, match="busy"):
+            await upstream.send("GET", url, {}, None, 0.1)          # expires waiting
+        cancelled = asyncio.create_task(upstream.send("GET", url, {}, None))
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        release.set()
+        assert (await holder).status == 200
+        answers = await asyncio.gather(*(upstream.send("GET", url, {}, None) for _ in range(3)))
+    await upstream.close()
+    assert [answer.status for answer in answers] == [200] * 3 and most == 1
+    assert cancelled.cancelled()
