@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -308,7 +309,7 @@ async def test_the_pool_wait_counts_against_the_one_deadline() -> None:
     upstream = UpstreamClient(UpstreamConfig(connect_timeout=1, read_timeout=10, pool_size=1))
     await upstream.start()
     order: list[str] = []
-    arrived = asyncio.Event()
+    arrived, settings_done = asyncio.Event(), asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
@@ -317,7 +318,9 @@ async def test_the_pool_wait_counts_against_the_one_deadline() -> None:
             except asyncio.IncompleteReadError:
                 return
             arrived.set()
-            await asyncio.sleep(3)                      # a slow upstream
+            # A slow upstream: it answers once /settings has had its outcome, or after 3 s.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(settings_done.wait(), 3)
             writer.write(OK)
             await writer.drain()
 
@@ -330,6 +333,7 @@ async def test_the_pool_wait_counts_against_the_one_deadline() -> None:
         with pytest.raises(UpstreamFailure) as caught:
             await upstream.send("GET", url, {}, None, 0.45)
         order.append(f"settings failed: {caught.value.kind}")
+        settings_done.set()
         return asyncio.get_running_loop().time() - started
 
     async with raw_server(handler) as url:
