@@ -7,7 +7,8 @@ prefix delivered in two reads, then the server's close; and delivered whole with
 For every case the client must give exactly h11's answer (status, head fields, body) or an
 upstream failure: never a success h11 does not see, never a success for an incomplete answer,
 never a pending exchange for an answer h11 finds complete, and never a reusable connection
-that h11 would not reuse.
+that h11 would not reuse. Three differences are deliberate, each documented where it is
+excused: HTTP/1.0 keep-alive, empty lines after an interim answer, reason phrases.
 
 Bounded and seeded in the normal suite (`derandomize`). A longer run, as in issue 14:
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from dataclasses import dataclass
 
 import h11
@@ -115,6 +117,13 @@ def empty_line_after_interim(data: bytes) -> bool:
     return False
 
 
+def reason_ignored(data: bytes, eof: bool) -> Reference:
+    """The third deliberate difference: the client never reads a reason phrase (RFC 9112 4:
+    "a client SHOULD ignore the reason-phrase content"), so bytes h11 refuses there (NUL,
+    say) cost nothing. h11's reading of the same answer with every reason phrase removed."""
+    return reference(re.sub(rb"(?m)^(HTTP/\d\.\d \d{3} )[^\r\n]*", rb"\1", data), eof)
+
+
 def as_tuple(answer: RawAnswer) -> tuple[int, list[tuple[str, str]], bytes]:
     return answer.status, answer.headers, answer.body
 
@@ -188,6 +197,8 @@ async def check_every_cut(data: bytes, split: int) -> None:
             CASES["successes"] += 1
             if expected.answer is None and empty_line_after_interim(prefix):
                 continue
+            if expected.answer is None:
+                expected = reason_ignored(prefix, eof=True)
             assert expected.answer is not None, (prefix, "a success h11 does not see", fed.outcome)
             assert as_tuple(fed.outcome) == expected.answer, prefix
         else:
@@ -201,6 +212,8 @@ async def check_whole_without_close(data: bytes) -> None:
     if isinstance(fed.outcome, RawAnswer):
         if expected.answer is None and empty_line_after_interim(data):
             return
+        if expected.answer is None:
+            expected = reason_ignored(data, eof=False)
         assert expected.answer is not None, (data, "a success h11 does not see", fed.outcome)
         assert as_tuple(fed.outcome) == expected.answer, data
         if fed.connection.reusable:
