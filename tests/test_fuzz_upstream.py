@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from proxy.upstream.http1 import RawAnswer
 from tests.support.http1_feed import feed
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "80"))
 SEED = int(os.environ.get("FUZZ_SEED", "14"))
 CASES = {"exchanges": 0, "answers": 0, "successes": 0, "failures": 0}
 
