@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trustme
@@ -13,11 +14,9 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from proxy.config.sections import UpstreamConfig
-from proxy.upstream.client import UpstreamClient, UpstreamFailure
+from proxy.upstream.client import UpstreamClient, UpstreamFailure, trust_context
 from proxy.upstream.http1 import MAX_RESPONSE_BYTES
-from tests.support.rawhttp import raw_server, read_request
-
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1"
+from tests.support.rawhttp import OK, raw_server, read_request
 
 
 @pytest.fixture
@@ -92,8 +91,8 @@ async def test_kept_alive_connection_dropped_unanswered_is_retried_once(
             writer.close()
 
     async with raw_server(handler) as url:
-        assert (await client.send("POST", url, {}, b"first")).status == 200
-        assert (await client.send("POST", url, {}, b"second")).status == 200
+        assert (await client.send("POST", url, {}, b"first", replayable=True)).status == 200
+        assert (await client.send("POST", url, {}, b"second", replayable=True)).status == 200
     bodies = [(number, request.partition(b"\r\n\r\n")[2]) for number, request in served]
     assert bodies == [(1, b"first"), (1, b"second"), (2, b"second")]
 
@@ -213,3 +212,109 @@ async def test_tls_upstream_trusted_only_with_its_ca() -> None:
     assert (answer.status, answer.body) == (200, b"1")
     await trusting.close()
     await server.close()
+
+
+async def test_bytes_on_an_idle_connection_retire_it(client: UpstreamClient) -> None:
+    """A partial answer nobody asked for, sent while the connection lies idle in the pool,
+    would otherwise be glued to the next request's answer."""
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        number = connections
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n" + str(number).encode())
+        if number == 1:
+            writer.write(b"HTTP/1.1 500 Stray\r\nContent-Len")       # while idle
+        await writer.drain()
+        await reader.read()                                          # until the client closes
+
+    async with raw_server(handler) as url:
+        first = await client.send("GET", url, {}, None)
+        await asyncio.sleep(0.05)                                    # the stray bytes arrive
+        second = await client.send("GET", url, {}, None)
+    assert (first.body, second.body) == (b"1", b"2")
+    assert connections == 2
+
+
+async def test_a_post_is_not_sent_twice_unless_replayable(client: UpstreamClient) -> None:
+    """The keep-alive race: the server closes a pooled connection as the next request goes
+    on it. A GET, or a caller that says the request may be replayed (/track, /import), gets
+    a fresh connection; any other POST is a failure (RFC 9110 9.2.2: a proxy must not retry
+    non-idempotent requests on its own)."""
+    served: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.append(await read_request(reader))
+        writer.write(OK)
+        await writer.drain()
+        served.append(await read_request(reader))
+        writer.close()                                   # the second dies unanswered
+
+    async with raw_server(handler) as url:
+        await client.send("POST", url, {}, b"one")
+        with pytest.raises(UpstreamFailure, match="closed before"):
+            await client.send("POST", url, {}, b"two")
+        assert [request.partition(b"\r\n\r\n")[2] for request in served] == [b"one", b"two"]
+        served.clear()
+        await client.send("POST", url, {}, b"three")
+        assert (await client.send("GET", url, {}, None)).status == 200
+    assert [request.split(b" ", 1)[0] for request in served] == [b"POST", b"GET", b"GET"]
+
+
+async def test_head_is_refused_before_anything_is_sent(client: UpstreamClient) -> None:
+    """The answer parser cannot know that a HEAD answer has no body: it would wait for one."""
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    async with raw_server(handler) as url:
+        with pytest.raises(ValueError, match="HEAD"):
+            await client.send("HEAD", url, {}, None)
+    assert connections == 0
+
+
+async def test_ca_file_adds_to_the_system_authorities(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[upstream] ca_file is trusted besides the system's CAs, not instead of them. The
+    "system" store is a second test CA here (OpenSSL's SSL_CERT_FILE), so both sides are
+    proved with a real handshake each."""
+    public, corporate = trustme.CA(), trustme.CA()
+    public.cert_pem.write_to_path(str(tmp_path / "system.pem"))
+    corporate.cert_pem.write_to_path(str(tmp_path / "corporate.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "system.pem"))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "no-such-dir"))
+    upstream = UpstreamClient(UpstreamConfig(connect_timeout=2, read_timeout=2,
+                                             ca_file=str(tmp_path / "corporate.pem")))
+    await upstream.start()
+    bodies = []
+    try:
+        for authority in (public, corporate):
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            authority.issue_cert("localhost").configure_cert(context)
+
+            async def handler(reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> None:
+                await read_request(reader)
+                writer.write(OK)
+                await writer.drain()
+                writer.close()
+
+            async with raw_server(handler, context) as url:
+                bodies.append((await upstream.send("GET", url, {}, None)).body)
+    finally:
+        await upstream.close()
+    assert bodies == [b"1", b"1"]
+
+
+def test_ca_file_grows_the_default_store(tmp_path: Path) -> None:
+    authority = trustme.CA()
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    system = ssl.create_default_context().cert_store_stats()["x509_ca"]
+    context = trust_context(str(tmp_path / "ca.pem"))
+    assert context.cert_store_stats()["x509_ca"] == system + 1
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname

@@ -32,7 +32,7 @@ from ..ops.health import RegionHealth
 from ..ops.metrics import Metrics
 from ..spool import Spool, SpoolEntry
 from ..spool.entry import is_retryable
-from ..upstream.client import UpstreamAnswer, UpstreamClient, UpstreamFailure
+from ..upstream.client import REPLAYABLE_ENDPOINTS, UpstreamAnswer, UpstreamClient, UpstreamFailure
 from . import answers
 from .answers import Answer
 from .coalesce import MERGED_QUERY, Coalescer, MergedAnswer, accepted
@@ -267,7 +267,8 @@ class ApiRelay:
         try:
             answer = await self._upstream.send_to(
                 self._base_urls[(region, endpoint)], path_qs, method, headers,
-                body if body or method == "POST" else None, read_timeout)
+                body if body or method == "POST" else None, read_timeout,
+                replayable=endpoint in REPLAYABLE_ENDPOINTS)
         except UpstreamFailure as failure:
             self._metrics.upstream_failures.labels(region, failure.kind).inc()
             self._health.failed(region, failure.message)

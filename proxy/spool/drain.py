@@ -20,7 +20,7 @@ from typing import Protocol
 from yarl import URL
 
 from ..config.spool import SpoolConfig
-from ..upstream.client import UpstreamAnswer, UpstreamClient, UpstreamFailure
+from ..upstream.client import REPLAYABLE_ENDPOINTS, UpstreamAnswer, UpstreamClient, UpstreamFailure
 from .backend import SpoolBackend
 from .entry import Refusal, SpoolEntry, is_retryable, refusal_in_success, stale_track_records
 
@@ -176,7 +176,9 @@ class Drainer:
         try:
             # As the relay sends it: a GET without a body carries none at all.
             body = entry.body if entry.body or entry.method == "POST" else None
-            answer = await self._upstream.send(entry.method, self._url(entry), entry.headers, body)
+            answer = await self._upstream.send(
+                entry.method, self._url(entry), entry.headers, body,
+                replayable=entry.endpoint in REPLAYABLE_ENDPOINTS)
         except UpstreamFailure as failure:
             log.info("spool: region %s: %s", self.region, failure.message)
             return False

@@ -11,7 +11,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ..config import UpstreamConfig
-from .http1 import ConnectionPool, ExchangeError
+from .http1 import ExchangeError
+from .pool import ConnectionPool
+
+# Endpoints whose requests the upstream deduplicates (each event's $insert_id), so sending one
+# twice is harmless: the pool may resend them after a keep-alive race (see pool.py).
+REPLAYABLE_ENDPOINTS = frozenset({"track", "import"})
 
 
 @dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
@@ -39,7 +44,7 @@ class UpstreamClient:
         self._bases: dict[str, tuple[ConnectionPool, str, str]] = {}
 
     async def start(self) -> None:
-        self._ssl = ssl.create_default_context(cafile=self._config.ca_file or None)
+        self._ssl = trust_context(self._config.ca_file)
 
     async def close(self) -> None:
         for pool in self._pools.values():
@@ -48,15 +53,24 @@ class UpstreamClient:
         self._bases.clear()
 
     async def send(self, method: str, url: URL, headers: dict[str, str], body: bytes | None,
-                   read_timeout: float | None = None) -> UpstreamAnswer:
-        """Send one request; the caller's headers go as given, plus Host and Content-Length."""
+                   read_timeout: float | None = None, *,
+                   replayable: bool = False) -> UpstreamAnswer:
+        """Send one request; the caller's headers go as given, plus Host and Content-Length.
+
+        `read_timeout` (default: the config's) is the exchange's one budget: the wait for a
+        free connection, connecting, TLS, writing and the whole answer all spend it.
+        `replayable`: the upstream drops a repeat of this request (REPLAYABLE_ENDPOINTS), so it
+        may go twice; a GET always may. HEAD is refused: the answer parser cannot frame it."""
         return await self.send_to(str(url.origin()), url.raw_path_qs or "/", method, headers,
-                                  body, read_timeout)
+                                  body, read_timeout, replayable=replayable)
 
     async def send_to(self, base: str, path_qs: str, method: str, headers: dict[str, str],
-                      body: bytes | None, read_timeout: float | None = None) -> UpstreamAnswer:
+                      body: bytes | None, read_timeout: float | None = None, *,
+                      replayable: bool = False) -> UpstreamAnswer:
         """`send` to `base` + `path_qs`: a base URL (an origin, or a region's endpoint, which
         callers use on every request) is parsed once."""
+        if method == "HEAD":        # its answer has a Content-Length and no body
+            raise ValueError("the upstream client does not send HEAD requests")
         known = self._bases.get(base)
         if known is None:
             url = URL(base, encoded=True)
@@ -65,7 +79,8 @@ class UpstreamClient:
         pool, host, prefix = known
         raw = _serialize(method, prefix + path_qs, host, headers, body)
         try:
-            answer = await pool.request(raw, read_timeout or self._config.read_timeout)
+            answer = await pool.request(raw, read_timeout or self._config.read_timeout,
+                                        replayable or method == "GET")
         except ExchangeError as exc:
             raise UpstreamFailure(exc.kind, str(exc)) from exc
         return UpstreamAnswer(answer.status, CIMultiDictProxy(CIMultiDict(answer.headers)),
@@ -81,6 +96,15 @@ class UpstreamClient:
                 host, port, self._ssl if scheme == "https" else None, self._config.pool_size,
                 self._config.connect_timeout)
         return pool
+
+
+def trust_context(ca_file: str) -> ssl.SSLContext:
+    """The system's CAs, plus `ca_file`'s (a corporate TLS gateway's) when one is given: added
+    to them, never instead of them, so the public upstreams stay trusted."""
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
 
 
 def _host_header(url: URL) -> str:

@@ -3,17 +3,20 @@
 Why not aiohttp's ClientSession: profiling the /track path showed the generic client (timeouts,
 tracing, cookie and redirect machinery, URL rebuilding) costing most of each relayed request. The
 relay needs far less: write one pre-built request on a pooled connection and parse one response.
-Parsing is httptools' (llhttp, the parser Node.js uses); this module only pools connections.
+Parsing is httptools' (llhttp, the parser Node.js uses); this module frames the exchange and pools
+connections, held to h11's and httpcore's rules (tests/test_http1_protocol.py, and the
+differential fuzzer against h11 in tests/test_fuzz_upstream.py):
+
+- an answer counts only when complete: a whole head, then a body complete by Content-Length, by
+  the chunked terminator, or (no Content-Length, no Transfer-Encoding) by the connection's end;
+- interim answers (1xx) are skipped for the final one (RFC 9110 15.2); a 101 was never asked for;
+- a byte that arrives when no exchange is waiting for it retires the connection;
+- one deadline per exchange covers the wait for a slot, connect, TLS, write and the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import ssl
-import time
-from collections import deque
 from dataclasses import dataclass
 from typing import cast
 
@@ -39,6 +42,11 @@ class RawAnswer:
     body: bytes
 
 
+class _StopParsing(Exception):
+    """Raised inside an llhttp callback to stop the parse: the exchange already has its outcome
+    (or none is waiting), and the connection is closed."""
+
+
 class _Connection(asyncio.Protocol):
     """One upstream connection: a transport, an llhttp parser, at most one exchange at a time."""
 
@@ -54,6 +62,8 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._received = False
+        self._head_done = False     # the current message's head is complete
+        self._chunked = False       # it said Transfer-Encoding: chunked
         self._keep_alive = False
 
     # asyncio.Protocol
@@ -62,25 +72,66 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self._received = True
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            # Nobody asked: a stray answer, or the rest of one given up on. Whatever it is, the
+            # next exchange's answer would be read after it, so the connection is done for.
+            self.close()
+            return
+        if not self._received:
+            self._received = True
+            if data[0] in b"\r\n":     # llhttp skips empty lines before a status line; h11
+                self._fail(ExchangeError("protocol", "malformed response (empty line before "
+                                                     "the status line)"))
+                self.close()
+                return
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ExchangeError("protocol", "the upstream switched protocols (101), which "
+                                                 "the relay never asks for"))
+            self.close()
         except httptools.HttpParserError as exc:
-            self._fail(ExchangeError("protocol", f"malformed response ({exc})"))
+            if not isinstance(exc.__context__, _StopParsing):
+                self._fail(ExchangeError("protocol", f"malformed response ({exc})"))
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         if self._waiter is not None and not self._waiter.done():
-            if self._received and self._parser.get_status_code() and not self._expects_length():
+            if self._head_done and not self._framed():
                 self._finish()                  # a body delimited by the connection's end
                 return
-            self._fail(ExchangeError("protocol", "the connection closed before an answer",
+            self._fail(ExchangeError("protocol", "the connection closed before a complete answer",
                                      retryable=self.reused and not self._received))
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():     # bytes after the answer, in the same read
+            raise _StopParsing
+        # Fresh lists per message: an interim answer's fields are not the final answer's.
+        self._headers, self._body, self._size, self._chunked = [], [], 0, False
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_done:         # after the head: a chunked body's trailer, never merged
+            return
+        value = value.rstrip(b" \t")   # llhttp keeps trailing whitespace (RFC 9110 5.5: not
+        if len(name) == 17 and name.lower() == b"transfer-encoding":     # part of the value)
+            self._check_coding(value)
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def _check_coding(self, value: bytes) -> None:
+        """Only `chunked`, once (as h11): llhttp would undo the chunking of `gzip, chunked` and
+        hand over a body still gzipped, as if it were the answer."""
+        if self._chunked or value.lower() != b"chunked":
+            self._fail(ExchangeError("protocol", "the response uses a transfer coding other "
+                                                 "than chunked"))
+            raise _StopParsing
+        self._chunked = True
+
+    def on_headers_complete(self) -> None:
+        self._head_done = True
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -91,18 +142,26 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._head_done = False
+        if self._parser.get_status_code() < 200:
+            # Interim (RFC 9110 15.2): the final answer follows; a 101 raises after this.
+            if self._body:          # a 1xx has no content: a framing nobody agrees on
+                self._fail(ExchangeError("protocol", "an interim (1xx) answer carried a body"))
+                raise _StopParsing
+            return
         self._keep_alive = self._parser.should_keep_alive()
         self._finish()
 
     # the exchange
-    async def exchange(self, request: bytes, read_timeout: float, host: str) -> RawAnswer:
+    async def exchange(self, request: bytes, deadline: float, host: str) -> RawAnswer:
+        """Write `request`, wait for its whole answer until `deadline` (the loop's clock)."""
         assert self.transport is not None
         loop = self._loop
         waiter: asyncio.Future[RawAnswer] = loop.create_future()
         self._waiter = waiter
-        self._headers, self._body, self._size, self._received = [], [], 0, False
+        self._received = False
         # A bare timer rather than asyncio.timeout(): this runs once per relayed request.
-        timer = loop.call_later(read_timeout, self._time_out, host)
+        timer = loop.call_at(deadline, self._time_out, host)
         try:
             self.transport.write(request)
             return await waiter
@@ -118,7 +177,9 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
             self.transport = None
 
-    def _expects_length(self) -> bool:
+    def _framed(self) -> bool:
+        """Whether the head promised a length (Content-Length, or a Transfer-Encoding): then
+        the connection's end cannot be the body's end."""
         return any(name.lower() in ("content-length", "transfer-encoding")
                    for name, _ in self._headers)
 
@@ -133,126 +194,3 @@ class _Connection(asyncio.Protocol):
     def _fail(self, error: ExchangeError) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(error)
-
-
-class _Slots:
-    """A semaphore whose uncontended acquire costs no coroutine machinery (asyncio.Semaphore's
-    checks every waiter on each acquire): one slot per open upstream exchange."""
-
-    def __init__(self, limit: int) -> None:
-        self._free = limit
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    def take(self) -> bool:
-        """A slot if one is free now (no waiting)."""
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return True
-        return False
-
-    async def wait(self) -> None:
-        """Wait for the slot `release` hands over."""
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter                  # release() hands its slot over directly
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()            # handed a slot just as it was cancelled: pass it on
-            else:
-                self._waiters.remove(waiter)
-            raise
-
-    def release(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._free += 1
-
-
-class ConnectionPool:
-    """Idle keep-alive connections to one origin, at most `limit` open at once."""
-
-    def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext | None, limit: int,
-                 connect_timeout: float, idle_timeout: float = 15.0) -> None:
-        self._host, self._port, self._ssl = host, port, ssl_context
-        self._connect_timeout = connect_timeout
-        self._idle_timeout = idle_timeout
-        self._idle: deque[_Connection] = deque()
-        self._slots = _Slots(limit)
-
-    async def request(self, raw: bytes, read_timeout: float) -> RawAnswer:
-        # The common case (a free slot, an idle connection) awaits nothing but the answer: this
-        # runs once per relayed request, and every coroutine level costs.
-        if not self._slots.take():
-            await self._slots.wait()
-        try:
-            connection = self._idle_connection() or await self._connect()
-            try:
-                answer = await self._exchange(connection, raw, read_timeout)
-            except ExchangeError as error:
-                if not error.retryable:
-                    raise
-                # A kept-alive connection the server had already closed: nothing was answered,
-                # so the same bytes go once more on a fresh connection.
-                connection = await self._connect()
-                answer = await self._exchange(connection, raw, read_timeout)
-            self._release(connection)
-            return answer
-        finally:
-            self._slots.release()
-
-    async def _exchange(self, connection: _Connection, raw: bytes,
-                        read_timeout: float) -> RawAnswer:
-        try:
-            return await connection.exchange(raw, read_timeout, self._host)
-        except (ExchangeError, asyncio.CancelledError):
-            connection.close()   # mid-exchange: its next bytes would belong to this answer
-            raise
-
-    def _idle_connection(self) -> _Connection | None:
-        now = time.monotonic()
-        while self._idle:
-            connection = self._idle.pop()            # most recently used: warmest, least stale
-            if connection.reusable and now - connection.idle_since < self._idle_timeout:
-                connection.reused = True
-                return connection
-            connection.close()
-        return None
-
-    async def _connect(self) -> _Connection:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                _, connection = await loop.create_connection(
-                    _Connection, self._host, self._port, ssl=self._ssl,
-                    server_hostname=self._host if self._ssl else None)
-        except TimeoutError:
-            raise ExchangeError("timeout", f"connecting to {self._host} timed out") from None
-        except ssl.SSLError as exc:
-            raise ExchangeError("connect", f"TLS with {self._host} failed ({exc.reason})") from exc
-        except OSError as exc:
-            raise ExchangeError("connect", f"cannot connect to {self._host} "
-                                           f"({_os_reason(exc)})") from exc
-        return connection
-
-    def _release(self, connection: _Connection) -> None:
-        if connection.reusable:
-            connection.idle_since = time.monotonic()
-            self._idle.append(connection)
-        else:
-            connection.close()
-
-    def close(self) -> None:
-        while self._idle:
-            self._idle.pop().close()
-
-
-def _os_reason(exc: OSError) -> str:
-    """Why a connection failed, without the resolved address and port that asyncio writes into
-    its messages: a client-facing answer has no business telling them."""
-    if isinstance(exc, socket.gaierror):
-        return exc.strerror or "name resolution failed"
-    return os.strerror(exc.errno) if exc.errno else type(exc).__name__

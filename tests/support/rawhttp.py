@@ -33,6 +33,9 @@ async def read_message(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, await reader.readexactly(int(headers.get("content-length", "0")))
 
 
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1"    # the smallest complete answer
+
+
 async def read_request(reader: asyncio.StreamReader) -> bytes:
     """One request, server side, as it crossed the wire: its head and its body."""
     head, body = await read_message(reader)

@@ -1,0 +1,154 @@
+"""The upstream connection pool against real loopback servers: one deadline per exchange (slot,
+connect, TLS, answer), the idle sweep, and slots that expired or cancelled waits never leak."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+from yarl import URL
+
+from proxy.config.sections import UpstreamConfig
+from proxy.upstream.client import UpstreamClient, UpstreamFailure
+from proxy.upstream.pool import ConnectionPool
+from tests.support.rawhttp import OK, raw_server, read_request
+
+
+async def test_the_pool_wait_counts_against_the_one_deadline() -> None:
+    """A /settings call (0.45 s budget) behind a saturated pool fails within its budget,
+    before the exchange that holds the only connection is answered."""
+    upstream = UpstreamClient(UpstreamConfig(connect_timeout=1, read_timeout=10, pool_size=1))
+    await upstream.start()
+    order: list[str] = []
+    arrived, settings_done = asyncio.Event(), asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            arrived.set()
+            # A slow upstream: it answers once /settings has had its outcome, or after 3 s.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(settings_done.wait(), 3)
+            writer.write(OK)
+            await writer.drain()
+
+    async def slow(url: URL) -> None:
+        await upstream.send("GET", url, {}, None)
+        order.append("slow answered")
+
+    async def settings(url: URL) -> float:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamFailure) as caught:
+            await upstream.send("GET", url, {}, None, 0.45)
+        order.append(f"settings failed: {caught.value.kind}")
+        settings_done.set()
+        return asyncio.get_running_loop().time() - started
+
+    async with raw_server(handler) as url:
+        holder = asyncio.create_task(slow(url))
+        await arrived.wait()
+        took = await settings(url)
+        await holder
+    await upstream.close()
+    assert order == ["settings failed: timeout", "slow answered"]
+    assert took < 0.45 * 4                              # the budget, with room for a busy host
+
+
+async def test_connect_and_tls_count_against_the_one_deadline() -> None:
+    """An upstream that accepts TCP and never speaks TLS: the request's own budget ends the
+    handshake, not the (longer) connect timeout."""
+    upstream = UpstreamClient(UpstreamConfig(connect_timeout=6, read_timeout=0.3))
+    await upstream.start()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()                             # silent until the client gives up
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    started = asyncio.get_running_loop().time()
+    try:
+        with pytest.raises(UpstreamFailure) as caught:
+            await upstream.send("GET", URL(f"https://localhost:{port}/"), {}, None)
+    finally:
+        server.close()
+        await upstream.close()
+    took = asyncio.get_running_loop().time() - started
+    assert caught.value.kind == "timeout"
+    assert took < 6 / 2                                 # far from the connect timeout
+
+
+async def test_idle_connections_past_their_timeout_are_swept() -> None:
+    """LIFO reuse leaves the oldest idle connections where no request looks: a sweep closes
+    them once idle past the idle timeout, and the server sees each close."""
+    closed: list[int] = []
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        number = connections
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                closed.append(number)
+                return
+            await asyncio.sleep(0.05)       # slow enough that three requests need three
+            writer.write(OK)
+            await writer.drain()
+
+    async with raw_server(handler) as url:
+        pool = ConnectionPool("127.0.0.1", url.port or 0, None, 4, 1.0, idle_timeout=0.3)
+        raw = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        await asyncio.gather(*(pool.request(raw, 2.0, True) for _ in range(3)))
+        assert (connections, pool.idle_count) == (3, 3)
+        await pool.request(raw, 2.0, True)       # reuses the warmest; the others age
+        for _ in range(100):
+            if len(closed) == 3:
+                break
+            await asyncio.sleep(0.05)
+        swept = sorted(closed)
+        pool.close()
+    assert swept == [1, 2, 3] and connections == 3
+
+
+async def test_waits_that_expire_or_are_cancelled_give_no_slot_away() -> None:
+    """One slot: a wait that times out and a wait that is cancelled leave it whole, so the
+    next request still gets it (and never two at once)."""
+    in_flight, most = 0, 0
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal in_flight, most
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            in_flight += 1
+            most = max(most, in_flight)
+            await release.wait()
+            in_flight -= 1
+            writer.write(OK)
+            await writer.drain()
+
+    upstream = UpstreamClient(UpstreamConfig(connect_timeout=1, read_timeout=5, pool_size=1))
+    await upstream.start()
+    async with raw_server(handler) as url:
+        holder = asyncio.create_task(upstream.send("GET", url, {}, None))
+        await asyncio.sleep(0.1)
+        with pytest.raises(UpstreamFailure, match="busy"):
+            await upstream.send("GET", url, {}, None, 0.1)          # expires waiting
+        cancelled = asyncio.create_task(upstream.send("GET", url, {}, None))
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        release.set()
+        assert (await holder).status == 200
+        answers = await asyncio.gather(*(upstream.send("GET", url, {}, None) for _ in range(3)))
+    await upstream.close()
+    assert [answer.status for answer in answers] == [200] * 3 and most == 1
+    assert cancelled.cancelled()
