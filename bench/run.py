@@ -211,7 +211,7 @@ def log_cost(rows: dict[tuple[str, str], Result]) -> Iterator[str]:
     for side, (off, on) in pairs.items():
         quiet, logged = rows.get(("track", off)), rows.get(("track_defaults", on))
         if quiet and logged and quiet.requests_per_s:
-            costs.append(f"{side} −{1 - logged.requests_per_s / quiet.requests_per_s:.0%}")
+            costs.append(f"{side} {logged.requests_per_s / quiet.requests_per_s - 1:+.0%}")
     if costs:
         yield ""
         yield "Throughput lost to default access logging (track → track_defaults): " + \
