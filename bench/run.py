@@ -214,7 +214,7 @@ def log_cost(rows: dict[tuple[str, str], Result]) -> Iterator[str]:
             costs.append(f"{side} {logged.requests_per_s / quiet.requests_per_s - 1:+.0%}")
     if costs:
         yield ""
-        yield "Throughput lost to default access logging (track → track_defaults): " + \
+        yield "Throughput change with default access logging (track → track_defaults): " + \
               ", ".join(costs) + "."
 
 
