@@ -270,6 +270,7 @@ async def trickle(port: int, request: bytes, pause: float) -> bytes:
         writer.close()
 
 
+@pytest.mark.slow   # waits out the keep-alive timeout
 async def test_slowloris_is_cut_off_and_others_are_served(
         upstreams: dict[str, FakeUpstream]) -> None:
     """Headers trickled in: the connection is dropped at the keep-alive timeout

@@ -89,6 +89,7 @@ def as_list(payload: Any) -> list[Any]:
     return payload if isinstance(payload, list) else [payload]
 
 
+@pytest.mark.slow   # hundreds of hypothesis examples
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(payload=payloads, value_form=st.sampled_from(sorted(VALUE_FORMS)),
        field_form=st.sampled_from(sorted(FIELD_FORMS)),
@@ -111,6 +112,7 @@ def test_every_data_form_decodes_to_the_payload(payload: Any, value_form: str, f
     assert decoded.carrier == ("query" if carrier == "query" else "form")
 
 
+@pytest.mark.slow   # hundreds of hypothesis examples
 @settings(max_examples=80, deadline=None)
 @given(payload=payloads, ndjson=st.booleans(), coding=st.sampled_from(sorted(CODINGS)))
 def test_import_bodies_decode_to_the_payload(payload: Any, ndjson: bool, coding: str) -> None:
@@ -125,6 +127,7 @@ def test_import_bodies_decode_to_the_payload(payload: Any, ndjson: bool, coding:
     assert decoded.records == items
 
 
+@pytest.mark.slow   # hundreds of hypothesis examples
 @settings(max_examples=100, deadline=None)
 @given(payload=payloads, carrier=st.sampled_from(["form", "query", "json", "ndjson"]),
        gzip_level=st.sampled_from([0, 1, 6]))

@@ -179,6 +179,7 @@ async def test_transport_fault_with_spool_loses_nothing(
                      what="every accepted event to reach the upstream")
 
 
+@pytest.mark.slow   # waits out Retry-After
 @pytest.mark.parametrize("status", [500, 502, 503, 429])
 async def test_status_fault_with_spool_loses_nothing(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path,

@@ -59,6 +59,7 @@ async def test_token_limit_is_shared_by_the_fleet(
     assert len(upstreams["us"].received) == 4
 
 
+@pytest.mark.slow   # measures a rate over real time
 async def test_fleet_rate_holds_within_ten_percent(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream],
         redis_server: RedisServer) -> None:

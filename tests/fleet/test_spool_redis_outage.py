@@ -122,6 +122,7 @@ async def test_redis_at_maxmemory_answers_503_not_200(
     assert len(upstreams["us"].received) == len(accepted) + 1
 
 
+@pytest.mark.slow   # holds Redis stopped for real time
 async def test_redis_cut_off_while_requests_arrive(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path,
         redis_server: RedisServer) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+import pytest
+
 from tests.conftest import US_TOKEN, RelayFactory
 from tests.sdk import shapes
 from tests.sdk.shapes import Shape
@@ -30,6 +32,7 @@ SWIFT_SR = {"recording": "1", "sdk_config": "1", "mp_lib": "swift-sr", "$lib_ver
 BROWSER = {"$lib_version": "2.83.0", "mp_lib": "web", "sdk_config": "1"}
 
 
+@pytest.mark.slow   # waits out a real timeout
 async def test_mobile_settings_wait_past_the_browser_budget(
         make_relay: RelayFactory, upstreams: dict[str, FakeUpstream]) -> None:
     upstreams["us"].delay = SLOW_UPSTREAM
