@@ -8,10 +8,12 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from proxy.config import parse_config
@@ -46,6 +48,25 @@ def redis_or_none(backend: str, request: pytest.FixtureRequest) -> RedisServer |
 @pytest.fixture
 def held(backend: str, tmp_path: Path, redis_or_none: RedisServer | None) -> Held:
     return Held(backend, tmp_path, redis_or_none)
+
+
+@dataclass
+class Outage:
+    """A relay spooling on the backend under test, its metrics, and its US region, down."""
+
+    client: TestClient[Any, Any]
+    registry: CollectorRegistry
+    us: FakeUpstream
+
+
+@pytest.fixture
+async def outage(make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path,
+                 backend: str, redis_or_none: RedisServer | None) -> Outage:
+    registry = CollectorRegistry()
+    client = await make_relay(spool_extra(backend, tmp_path, redis_or_none), projects=True,
+                              registry=registry)
+    await upstreams["us"].go_down()
+    return Outage(client, registry, upstreams["us"])
 
 
 @pytest.fixture
@@ -127,13 +148,8 @@ async def test_ordered_lanes_come_back_in_the_order_accepted(store: SpoolBackend
 
 # -- the relay on each backend --------------------------------------------------------------------
 async def test_down_then_back_delivers_every_accepted_request(
-        make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path,
-        backend: str, redis_or_none: RedisServer | None, held: Held) -> None:
-    us = upstreams["us"]
-    registry = CollectorRegistry()
-    client = await make_relay(spool_extra(backend, tmp_path, redis_or_none), projects=True,
-                              registry=registry)
-    await us.go_down()
+        outage: Outage, held: Held) -> None:
+    client, registry, us = outage.client, outage.registry, outage.us
     bodies = [browser_form([fresh(f"e{n}")]) for n in range(5)]
     for body in bodies:
         response = await client.post("/track/", data=body, headers=FORM)
@@ -146,11 +162,8 @@ async def test_down_then_back_delivers_every_accepted_request(
 
 
 async def test_engage_order_per_project_survives_the_outage(
-        make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path,
-        backend: str, redis_or_none: RedisServer | None, held: Held) -> None:
-    us = upstreams["us"]
-    client = await make_relay(spool_extra(backend, tmp_path, redis_or_none), projects=True)
-    await us.go_down()
+        outage: Outage, held: Held) -> None:
+    client, us = outage.client, outage.us
     for n in range(8):
         update = [{"$token": US_TOKEN, "$distinct_id": "u1", "$set": {"step": n}}]
         response = await client.post("/engage/", data=python_sdk_form(update), headers=FORM)
@@ -162,12 +175,9 @@ async def test_engage_order_per_project_survives_the_outage(
 
 
 async def test_record_order_per_replay_survives_the_outage(
-        make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path,
-        backend: str, redis_or_none: RedisServer | None, held: Held) -> None:
+        outage: Outage, held: Held) -> None:
     """Two replays' batches interleaved: each replay's `seq` reaches the upstream in order."""
-    us = upstreams["us"]
-    client = await make_relay(spool_extra(backend, tmp_path, redis_or_none), projects=True)
-    await us.go_down()
+    client, us = outage.client, outage.us
     headers = {"Content-Type": "application/octet-stream", "Authorization": basic(US_TOKEN)}
     for seq in range(5):
         for replay in ("r1", "r2"):
@@ -183,13 +193,8 @@ async def test_record_order_per_replay_survives_the_outage(
 
 
 async def test_final_refusal_and_stale_track_go_to_dead_letters(
-        make_relay: RelayFactory, upstreams: dict[str, FakeUpstream], tmp_path: Path,
-        backend: str, redis_or_none: RedisServer | None, held: Held) -> None:
-    us = upstreams["us"]
-    registry = CollectorRegistry()
-    client = await make_relay(spool_extra(backend, tmp_path, redis_or_none), projects=True,
-                              registry=registry)
-    await us.go_down()
+        outage: Outage, held: Held) -> None:
+    client, registry, us = outage.client, outage.registry, outage.us
     stale = browser_form(event(US_TOKEN, time=time.time() - 6 * 86400))
     refused = browser_form(fresh("refused"))
     for body in (stale, refused):

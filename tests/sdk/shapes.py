@@ -348,3 +348,22 @@ def iphone_3(endpoint: str, records: list[Any]) -> Shape:
     return Shape("iphone-3", "POST", f"/{endpoint}/",
                  {"Content-Type": "application/x-www-form-urlencoded"}, body,
                  success=lambda status, _: status < 400, on_failure=_iphone_failure)
+
+
+# One /track batch per SDK family, as that SDK sends it.
+TRACK_BATCHES: dict[str, Callable[[list[Any]], Shape]] = {
+    "android": lambda records: android("track", records),
+    "android-gzip": lambda records: android("track", records, gzipped=True),
+    "swift": lambda records: swift("track", records),
+    "swift-gzip": lambda records: swift("track", records, gzipped=True),
+    "iphone": lambda records: iphone("track", records),
+    "unity": lambda records: unity("track", records),
+    "react-native-js": lambda records: react_native_js("track", records),
+    "browser": lambda records: browser("track", records),
+    "python": lambda records: python("track", records),
+    "ruby": lambda records: ruby("track", records),
+    "node": lambda records: node("track", records),
+    "java": lambda records: java("track", records),
+    "go": lambda records: go("track", records),
+    "php": lambda records: php("track", records),
+}

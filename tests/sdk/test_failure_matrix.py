@@ -9,9 +9,7 @@ really upstream. `deleted` is loss.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -22,23 +20,7 @@ from tests.sdk.shapes import Shape
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import event
 
-# One /track batch per SDK family, as that SDK sends it.
-TRACK: dict[str, Callable[[list[Any]], Shape]] = {
-    "android": lambda records: shapes.android("track", records),
-    "android-gzip": lambda records: shapes.android("track", records, gzipped=True),
-    "swift": lambda records: shapes.swift("track", records),
-    "swift-gzip": lambda records: shapes.swift("track", records, gzipped=True),
-    "iphone": lambda records: shapes.iphone("track", records),
-    "unity": lambda records: shapes.unity("track", records),
-    "react-native-js": lambda records: shapes.react_native_js("track", records),
-    "browser": lambda records: shapes.browser("track", records),
-    "python": lambda records: shapes.python("track", records),
-    "ruby": lambda records: shapes.ruby("track", records),
-    "node": lambda records: shapes.node("track", records),
-    "java": lambda records: shapes.java("track", records),
-    "go": lambda records: shapes.go("track", records),
-    "php": lambda records: shapes.php("track", records),
-}
+TRACK = shapes.TRACK_BATCHES
 SLOW = 0.01     # a refill so slow that the burst alone decides within a test
 
 

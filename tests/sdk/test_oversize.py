@@ -22,17 +22,9 @@ from tests.support.helpers import event
 
 LIMIT = 2 * 1024 * 1024
 BATCH: dict[str, Callable[[list[Any]], Shape]] = {
-    "android": lambda records: shapes.android("track", records),
-    "android-gzip": lambda records: shapes.android("track", records, gzipped=True),
-    "swift": lambda records: shapes.swift("track", records),
-    "swift-gzip": lambda records: shapes.swift("track", records, gzipped=True),
-    "iphone": lambda records: shapes.iphone("track", records),
-    "unity": lambda records: shapes.unity("track", records),
-    "react-native-js": lambda records: shapes.react_native_js("track", records),
-    "browser": lambda records: shapes.browser("track", records),
-    "python": lambda records: shapes.python("track", records),
-    "java": lambda records: shapes.java("track", records),
-    "go": lambda records: shapes.go("track", records),
+    **{sdk: shapes.TRACK_BATCHES[sdk] for sdk in (
+        "android", "android-gzip", "swift", "swift-gzip", "iphone", "unity", "react-native-js",
+        "browser", "python", "java", "go")},
     "swift-engage": lambda records: shapes.swift("engage", [
         {"$token": US_TOKEN, "$distinct_id": f"u{n}", "$set": {"blob": "p" * 52_000}}
         for n in range(50)]),
