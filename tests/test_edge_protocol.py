@@ -51,7 +51,8 @@ class Harness:
             if not self.edge.tasks:
                 return
             await asyncio.gather(*self.edge.tasks)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)   # one loop turn, not a timed wait: the done callbacks
+            #                          drop the finished tasks from edge.tasks
 
 
 @pytest.fixture

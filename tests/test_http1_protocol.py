@@ -4,7 +4,6 @@ runs in well under a millisecond."""
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 
@@ -166,4 +165,3 @@ async def test_a_connection_answers_one_exchange_after_another() -> None:
                          eof=False, on=(connection, transport))
         assert fed.answer.body == body
     assert transport.written == [REQUEST] * 3 and not transport.closed
-    await asyncio.sleep(0)

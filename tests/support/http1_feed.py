@@ -72,7 +72,7 @@ async def feed(chunks: Iterable[bytes], *, eof: bool = True, reused: bool = Fals
     connection.reused = reused
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(connection.exchange(REQUEST, loop.time() + timeout, "up.test"))
-    await asyncio.sleep(0)                      # the exchange writes and waits
+    await asyncio.sleep(0)                      # a loop turn: the exchange writes and waits
     for chunk in chunks:
         if transport.closed:
             break                               # a closed transport reads nothing more
@@ -80,8 +80,9 @@ async def feed(chunks: Iterable[bytes], *, eof: bool = True, reused: bool = Fals
             connection.data_received(chunk)
     if eof:
         transport.peer_closes()
-    for _ in range(3):                          # call_soon(connection_lost), then the task
-        await asyncio.sleep(0)
+    # Nothing to await: an exchange still waiting for more bytes is an outcome too.
+    for _ in range(3):
+        await asyncio.sleep(0)                  # a loop turn: connection_lost, then the task
     if not task.done():
         task.cancel()
         try:
