@@ -3,7 +3,6 @@ drainer logs when a region recovers and how many entries it drained."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from pathlib import Path
@@ -14,6 +13,7 @@ from proxy.ops.accesslog import ACCESS_LOGGER
 from tests.conftest import RelayFactory
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form, event
+from tests.support.waits import eventually
 from tests.test_status_page import Rows
 
 
@@ -38,12 +38,13 @@ async def test_stored_requests_are_told_apart_and_their_drain_logged(
     track = page.row(endpoint="track")
     assert (track[1], track[2], track[-1]) == ("2", "2", "1")   # 2 answered 2xx, 1 of them stored
 
-    await asyncio.sleep(0.3)                 # the drainer fails at least one round
+    def logged(words: str) -> bool:
+        return any(words in record.getMessage() for record in caplog.records)
+
+    await eventually(lambda: logged("spool: region us backs off"),
+                     what="the drainer to fail a round")
     await upstreams["us"].come_back()
-    for _ in range(200):
-        if any("drained 1 entries" in record.getMessage() for record in caplog.records):
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: logged("drained 1 entries"), what="the drain")
     messages = [record.getMessage() for record in caplog.records]
     assert any(message.startswith("spool: region us recovered after") for message in messages)
     assert "spool: region us: drained 1 entries" in messages
