@@ -13,6 +13,7 @@ from proxy.config.sections import UpstreamConfig
 from proxy.upstream.client import UpstreamClient, UpstreamFailure
 from proxy.upstream.pool import ConnectionPool
 from tests.support.rawhttp import OK, raw_server, read_request
+from tests.support.waits import eventually
 
 
 async def test_the_pool_wait_counts_against_the_one_deadline() -> None:
@@ -86,9 +87,11 @@ async def test_idle_connections_past_their_timeout_are_swept() -> None:
     them once idle past the idle timeout, and the server sees each close."""
     closed: list[int] = []
     connections = 0
+    requests = 0
+    three_arrived = asyncio.Event()   # no answer until three requests are upstream at once
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
+        nonlocal connections, requests
         connections += 1
         number = connections
         while True:
@@ -97,7 +100,10 @@ async def test_idle_connections_past_their_timeout_are_swept() -> None:
             except asyncio.IncompleteReadError:
                 closed.append(number)
                 return
-            await asyncio.sleep(0.05)       # slow enough that three requests need three
+            requests += 1
+            if requests == 3:
+                three_arrived.set()
+            await three_arrived.wait()
             writer.write(OK)
             await writer.drain()
 
@@ -107,10 +113,7 @@ async def test_idle_connections_past_their_timeout_are_swept() -> None:
         await asyncio.gather(*(pool.request(raw, 2.0, True) for _ in range(3)))
         assert (connections, pool.idle_count) == (3, 3)
         await pool.request(raw, 2.0, True)       # reuses the warmest; the others age
-        for _ in range(100):
-            if len(closed) == 3:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: len(closed) == 3, what="the sweep to close all three")
         swept = sorted(closed)
         pool.close()
     assert swept == [1, 2, 3] and connections == 3
@@ -140,11 +143,12 @@ async def test_waits_that_expire_or_are_cancelled_give_no_slot_away() -> None:
     await upstream.start()
     async with raw_server(handler) as url:
         holder = asyncio.create_task(upstream.send("GET", url, {}, None))
-        await asyncio.sleep(0.1)
+        await eventually(lambda: in_flight == 1, what="the holder's request upstream")
         with pytest.raises(UpstreamFailure, match="busy"):
             await upstream.send("GET", url, {}, None, 0.1)          # expires waiting
         cancelled = asyncio.create_task(upstream.send("GET", url, {}, None))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)   # one loop turn, not a timed wait: the task queues for the slot
+        assert not cancelled.done()
         cancelled.cancel()
         release.set()
         assert (await holder).status == 200
