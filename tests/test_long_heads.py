@@ -26,8 +26,10 @@ from tests.support.helpers import basic, browser_form, event
 Client = TestClient[Any, Any]
 
 
-async def send(client: Client, data: bytes, answers: int) -> list[tuple[int, bytes, bytes]]:
-    """Send raw bytes, read `answers` answers (status, head, body)."""
+async def send(client: Client, data: bytes, answers: int, *, then_closed: bool = False,
+               ) -> list[tuple[int, bytes, bytes]]:
+    """Send raw bytes, read `answers` answers (status, head, body); `then_closed`: and then
+    nothing more until the relay ends the connection."""
     assert client.port is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
     try:
@@ -40,6 +42,12 @@ async def send(client: Client, data: bytes, answers: int) -> list[tuple[int, byt
                            if line.lower().startswith(b"content-length:")), 0)
             body = await asyncio.wait_for(reader.readexactly(length), 5)
             out.append((int(head.split(b" ")[1]), head, body))
+        if then_closed:
+            try:
+                rest = await asyncio.wait_for(reader.read(), 5)
+            except TimeoutError:
+                raise AssertionError(f"still open after {out[-1][1]!r}") from None
+            assert rest == b"", rest[:300]
         return out
     finally:
         writer.close()
@@ -134,12 +142,13 @@ async def test_http10_chunked_smuggling_is_never_relayed(
                + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n" + hidden)
     healthz = b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n"
     for data in (smuggle, healthz + smuggle):
-        answers = await send(client, data, 1 if data is smuggle else 2)
+        # Read until the relay closes: a request it read from this connection went upstream
+        # before its answer, and its answer before the close.
+        answers = await send(client, data, 1 if data is smuggle else 2, then_closed=True)
         status, head, text = answers[-1]
         # Refused by the edge; after a hand-over, aiohttp relays the chunked request but closes.
         assert b"Connection: close" in head, (head, text)
         assert status == 400 if data is smuggle else status in (200, 400)
-    await asyncio.sleep(0.2)
     assert [r.path for r in upstreams["us"].received] in ([], ["/track/"])
     assert all(not fake.received for fake in upstreams.values() if fake.name != "us")
 
@@ -166,8 +175,10 @@ async def test_pipelining_without_reading_holds_bounded_memory(
     transport.pause_reading()                     # the client never reads an answer
     writer.write(request * 400)
     peak = 0
+    # A stall is the absence of progress: no event says it happened, so the test lets 1.5 s
+    # pass while the client never reads, sampling what the edge holds.
     for _ in range(30):
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)   # paces the samples over the time the test is about
         peak = max([peak, *(c.buffered for c in site.edge.connections)])
     exchanges = len(upstreams["us"].received)
     writer.close()
