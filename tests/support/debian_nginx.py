@@ -53,9 +53,11 @@ class RecordingBackend:
             writer.close()
 
     async def stop(self) -> None:
-        for writer in list(self._writers):   # nginx's idle keep-alive connections
+        writers = list(self._writers)        # nginx's idle keep-alive connections
+        for writer in writers:
             writer.close()
-        await asyncio.sleep(0)
+        await asyncio.gather(*(writer.wait_closed() for writer in writers),
+                             return_exceptions=True)
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()

@@ -13,8 +13,9 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from tests.support.waits import eventually_blocking
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -49,11 +50,16 @@ class RedisServer:
             args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while not self._answers_ping():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start: {self.log()[-2000:]}")
-            time.sleep(0.02)
+        try:
+            eventually_blocking(self._started, "redis-server to answer PING", timeout)
+        except AssertionError as exc:
+            raise RuntimeError(f"redis-server did not start: {self.log()[-2000:]}") from exc
+
+    def _started(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"redis-server exited with {self.process.returncode}")
+        return self._answers_ping()
 
     def _answers_ping(self) -> bool:
         try:
