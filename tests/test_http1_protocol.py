@@ -4,7 +4,6 @@ runs in well under a millisecond."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from proxy.upstream.http1 import MAX_RESPONSE_BYTES

@@ -120,7 +120,11 @@ async def test_three_relays_sigkill_and_redis_restart_lose_nothing(
         await eventually(lambda: len(us.received) >= 40, timeout=60, what="the drain")
         kill_relay(relays[0])                  # mid-send: its pending entries stay in Redis
         durable_redis.kill()
-        await asyncio.sleep(0.5)
+
+        async def outage_seen() -> bool:       # by a relay still draining
+            return 0 in [await metric(relay, "mixpanel_proxy_redis_up") for relay in relays[1:]]
+
+        await eventually(outage_seen, what="a relay to see Redis down")
         durable_redis.start()                  # the AOF replayed: nothing acknowledged lost
         for fake in upstreams.values():
             fake.delay = 0.0
