@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -74,15 +73,16 @@ async def test_scrapes_under_load_are_monotonic_and_sum_every_worker(
         seen: list[float] = []
         for _ in range(SCRAPES):
             seen.append(requests_total(await scrape(session, relay.url)))
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)       # paces traffic: scrapes spread over the load
         await asyncio.gather(*senders)
+
         # Each worker publishes its counts every second (and at once when it answers a scrape).
-        for _ in range(40):
-            final = await scrape(session, relay.url)
-            seen.append(requests_total(final))
-            if seen[-1] == SENT:
-                break
-            await asyncio.sleep(0.1)
+        async def every_request_counted() -> str | None:
+            text = await scrape(session, relay.url)
+            seen.append(requests_total(text))
+            return text if seen[-1] == SENT else None
+
+        final = await eventually(every_request_counted, what=f"a scrape counting all {SENT}")
     assert seen == sorted(seen), f"a scrape went backwards: {seen}"
     assert requests_total(final) == SENT
     pids = {dict(labels)["pid"]
@@ -100,8 +100,12 @@ async def test_a_reload_keeps_the_counters_and_counts_itself(relay: RelayProcess
         started = samples(before, "process_start_time_seconds")
         await relay.reload()
         await send(session, relay.url, 5)
-        await asyncio.sleep(1.5)                  # every worker has published since
-        after = await scrape(session, relay.url)
+
+        async def all_counted() -> str | None:    # once every worker has published
+            text = await scrape(session, relay.url)
+            return text if requests_total(text) == 15 else None
+
+        after = await eventually(all_counted, what="a scrape counting all 15 requests")
     assert requests_total(after) == 15
     reloads = samples(after, "mixpanel_proxy_config_reloads_total")
     assert reloads[(("result", "ok"),)] == 1
@@ -112,11 +116,17 @@ async def test_status_page_counts_every_worker(relay: RelayProcess) -> None:
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*(send(session, relay.url, 10) for _ in range(4)))
-        await asyncio.sleep(1.5)                  # every worker has published since
-        pages: list[Any] = []
-        for _ in range(6):
+
+        async def status_page() -> str:
             async with session.get(f"{relay.url}/status") as response:
-                pages.append(await response.text())
+                return await response.text()
+
+        async def counts_all() -> bool:
+            return '<td>40</td>' in await status_page()
+
+        # A page with all 40 is drawn from what every worker published: they all have.
+        await eventually(counts_all, what="a /status page counting all 40")
+        pages = [await status_page() for _ in range(6)]
     # The requests table's "answered" cell for track, on every page whichever worker drew it.
     assert all('<td>40</td>' in page for page in pages), pages[0][:2000]
 
@@ -135,7 +145,16 @@ async def test_function_gauges_reach_every_scrape(upstreams: dict[str, FakeUpstr
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(connector=connector) as session:
             await asyncio.gather(*(send(session, process.url, 1) for _ in range(4)))
-            await asyncio.sleep(0.5)        # each worker's store follows the file (poll_interval)
+
+            async def waiting_now() -> list[float]:
+                return [samples(await scrape(session, process.url),
+                                "mixpanel_proxy_spool_entries").get((("region", "us"),), 0.0)
+                        for _ in range(8)]
+
+            async def every_store_followed() -> bool:    # the file, each poll_interval
+                return await waiting_now() == [4.0] * 8
+
+            await eventually(every_store_followed, what="8 scrapes in a row showing 4 waiting")
             waiting = [samples(await scrape(session, process.url),
                                "mixpanel_proxy_spool_entries") for _ in range(8)]
     finally:
