@@ -17,6 +17,7 @@ from proxy.config.sections import UpstreamConfig
 from proxy.upstream.client import UpstreamClient, UpstreamFailure, trust_context
 from proxy.upstream.http1 import MAX_RESPONSE_BYTES
 from tests.support.rawhttp import OK, raw_server, read_request
+from tests.support.waits import eventually
 
 
 @pytest.fixture
@@ -218,6 +219,7 @@ async def test_bytes_on_an_idle_connection_retire_it(client: UpstreamClient) -> 
     """A partial answer nobody asked for, sent while the connection lies idle in the pool,
     would otherwise be glued to the next request's answer."""
     connections = 0
+    closed: list[int] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
@@ -229,10 +231,11 @@ async def test_bytes_on_an_idle_connection_retire_it(client: UpstreamClient) -> 
             writer.write(b"HTTP/1.1 500 Stray\r\nContent-Len")       # while idle
         await writer.drain()
         await reader.read()                                          # until the client closes
+        closed.append(number)
 
     async with raw_server(handler) as url:
         first = await client.send("GET", url, {}, None)
-        await asyncio.sleep(0.05)                                    # the stray bytes arrive
+        await eventually(lambda: 1 in closed, what="the client to drop the stray bytes' connection")
         second = await client.send("GET", url, {}, None)
     assert (first.body, second.body) == (b"1", b"2")
     assert connections == 2
