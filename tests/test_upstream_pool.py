@@ -31,9 +31,10 @@ async def test_the_pool_wait_counts_against_the_one_deadline() -> None:
             except asyncio.IncompleteReadError:
                 return
             arrived.set()
-            # A slow upstream: it answers once /settings has had its outcome, or after 3 s.
+            # A slow upstream: it answers once /settings has had its outcome, or after 10 s
+            # (a pool wait outside the deadline then shows as "slow answered" coming first).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(settings_done.wait(), 3)
+                await asyncio.wait_for(settings_done.wait(), 10)
             writer.write(OK)
             await writer.drain()
 
@@ -41,22 +42,21 @@ async def test_the_pool_wait_counts_against_the_one_deadline() -> None:
         await upstream.send("GET", url, {}, None)
         order.append("slow answered")
 
-    async def settings(url: URL) -> float:
-        started = asyncio.get_running_loop().time()
+    async def settings(url: URL) -> None:
         with pytest.raises(UpstreamFailure) as caught:
             await upstream.send("GET", url, {}, None, 0.45)
         order.append(f"settings failed: {caught.value.kind}")
         settings_done.set()
-        return asyncio.get_running_loop().time() - started
 
     async with raw_server(handler) as url:
         holder = asyncio.create_task(slow(url))
         await arrived.wait()
-        took = await settings(url)
+        await settings(url)
         await holder
     await upstream.close()
+    # Its timeout, before the exchange holding the only connection was answered: the wait
+    # for the connection spent the 0.45 s budget.
     assert order == ["settings failed: timeout", "slow answered"]
-    assert took < 0.45 * 4                              # the budget, with room for a busy host
 
 
 async def test_connect_and_tls_count_against_the_one_deadline() -> None:
