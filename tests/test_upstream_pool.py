@@ -62,7 +62,7 @@ async def test_the_pool_wait_counts_against_the_one_deadline() -> None:
 async def test_connect_and_tls_count_against_the_one_deadline() -> None:
     """An upstream that accepts TCP and never speaks TLS: the request's own budget ends the
     handshake, not the (longer) connect timeout."""
-    upstream = UpstreamClient(UpstreamConfig(connect_timeout=6, read_timeout=0.3))
+    upstream = UpstreamClient(UpstreamConfig(connect_timeout=60, read_timeout=0.3))
     await upstream.start()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -70,16 +70,15 @@ async def test_connect_and_tls_count_against_the_one_deadline() -> None:
 
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    started = asyncio.get_running_loop().time()
     try:
         with pytest.raises(UpstreamFailure) as caught:
-            await upstream.send("GET", URL(f"https://localhost:{port}/"), {}, None)
+            # Only the 0.3 s budget can end it before this guard: the connect timeout is 60 s.
+            await asyncio.wait_for(
+                upstream.send("GET", URL(f"https://localhost:{port}/"), {}, None), 30)
     finally:
         server.close()
         await upstream.close()
-    took = asyncio.get_running_loop().time() - started
     assert caught.value.kind == "timeout"
-    assert took < 6 / 2                                 # far from the connect timeout
 
 
 async def test_idle_connections_past_their_timeout_are_swept() -> None:
