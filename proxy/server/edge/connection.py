@@ -27,16 +27,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from prometheus_client import Counter
 
 from ...decide.headers import CorsPolicy
-from ...ops.accesslog import AccessRecorder
+from ...ops.accesslog import AccessRecorder, RequestFacts
 from ...relay import answers
+from ...relay.answers import Answer
 from ...relay.handler import ApiRelay
+from ...relay.plain import PlainPath
 from .head import LINE_TOO_LONG, Head, HeadReader, Refusal, scan, too_long_line_answer
 from .wire import LeanRequest, answer_bytes
 
@@ -65,6 +67,15 @@ class Edge:
     draining: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)   # set when nothing is in flight
     busy: int = 0
+    # The plain path (relay/plain.py): requests answered in callbacks, no Task each. None: off,
+    # every framed request runs `ApiRelay.handle` in a Task (the general path).
+    plain: PlainPath | None = None
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """A request's Task, kept (a stop cancels the stragglers)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
 
 class EdgeConnection(asyncio.Protocol):
@@ -84,6 +95,12 @@ class EdgeConnection(asyncio.Protocol):
         self._lingering: asyncio.TimerHandle | None = None     # after a refusal
         self._lingered = 0
         self._refused: asyncio.Transport | None = None
+        # The request the plain path is answering (one at a time): what `replied` needs.
+        self._request: LeanRequest | None = None
+        self._keep_alive = False
+        self._http10 = False
+        self._facts = RequestFacts()
+        self._started = 0.0
         self.idle_since = time.monotonic()
 
     @property
@@ -241,9 +258,32 @@ class EdgeConnection(asyncio.Protocol):
         edge.idle.clear()
         request = LeanRequest(head.method, head.target, head.headers, self._remote, head.length,
                               body)
-        task = self._loop.create_task(self._respond(request, head))
-        edge.tasks.add(task)
-        task.add_done_callback(edge.tasks.discard)
+        plain = edge.plain
+        if plain is not None:
+            self._request, self._keep_alive, self._http10 = request, head.keep_alive, head.http10
+            self._facts, self._started = RequestFacts(), time.perf_counter()
+            if plain.start(request, head.match, self._facts, self):
+                return
+            self._request = None
+        edge.spawn(self._respond(request, head))
+
+    def replied(self, answer: Answer | None) -> None:
+        """The plain path's answer to the request in flight (None: close without one)."""
+        request, self._request = self._request, None
+        if request is None:
+            return                         # abandoned by a stop (`abandon`)
+        if answer is None:
+            self._finish(b"", False)
+            return
+        keep_alive = self._keep_alive and not self._edge.draining
+        try:
+            data = answer_bytes(answer, keep_alive, self._http10)
+            self._edge.recorder.record(request, self._facts, answer.status,
+                                       answer.content_length, self._started)
+        except Exception:
+            log.exception("answering %s /%s failed", request.method, self._facts.endpoint)
+            data, keep_alive = b"", False
+        self._finish(data, keep_alive)
 
     async def _respond(self, request: LeanRequest, head: Head) -> None:
         recorder = self._edge.recorder
@@ -263,6 +303,13 @@ class EdgeConnection(asyncio.Protocol):
                            response.content_length or 0, started)
         finally:
             self._finish(data, keep_alive)     # even when cancelled: the site counts busy ones
+
+    def abandon(self) -> None:
+        """A stop past its timeout: the plain path's request in flight gets no answer (its
+        exchange ends by its own deadline), and the connection closes."""
+        if self._request is not None:
+            self._request = None
+            self._finish(b"", False)
 
     def _finish(self, data: bytes, keep_alive: bool) -> None:
         self._busy = False

@@ -37,6 +37,10 @@ class LeanRequest:
     def path(self) -> str:
         return self.raw_path.partition("?")[0]
 
+    @property
+    def body(self) -> bytes:
+        return self._body
+
     async def read(self) -> bytes:
         return self._body
 
