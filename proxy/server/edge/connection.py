@@ -70,6 +70,18 @@ class Edge:
     # The plain path (relay/plain.py): requests answered in callbacks, no Task each. None: off,
     # every framed request runs `ApiRelay.handle` in a Task (the general path).
     plain: PlainPath | None = None
+    # Requests framed in this turn of the loop, started together at its end (`start_framed`).
+    framed: list[tuple[EdgeConnection, LeanRequest, Head]] = field(default_factory=list)
+
+    def start_framed(self) -> None:
+        """Start the requests framed in the last turn of the loop, in one go. Measured: started
+        one by one as each is framed, each upstream write wakes the upstream for one request;
+        started together, the writes go out in a burst that the upstream answers in a burst,
+        and the relay's CPU per request is lower (the general path batched the same way, one
+        Task step per request on the next turn)."""
+        framed, self.framed = self.framed, []
+        for connection, request, head in framed:
+            connection.start_plain(request, head)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """A request's Task, kept (a stop cancels the stragglers)."""
@@ -258,14 +270,22 @@ class EdgeConnection(asyncio.Protocol):
         edge.idle.clear()
         request = LeanRequest(head.method, head.target, head.headers, self._remote, head.length,
                               body)
-        plain = edge.plain
-        if plain is not None:
-            self._request, self._keep_alive, self._http10 = request, head.keep_alive, head.http10
-            self._facts, self._started = RequestFacts(), time.perf_counter()
-            if plain.start(request, head.match, self._facts, self):
-                return
+        if edge.plain is None:
+            edge.spawn(self._respond(request, head))
+            return
+        self._request, self._keep_alive, self._http10 = request, head.keep_alive, head.http10
+        self._facts, self._started = RequestFacts(), time.perf_counter()
+        if not edge.framed:
+            self._loop.call_soon(edge.start_framed)
+        edge.framed.append((self, request, head))
+
+    def start_plain(self, request: LeanRequest, head: Head) -> None:
+        plain = self._edge.plain
+        if self._request is not request or plain is None:
+            return                         # abandoned by a stop in the meantime
+        if not plain.start(request, head.match, self._facts, self):
             self._request = None
-        edge.spawn(self._respond(request, head))
+            self._edge.spawn(self._respond(request, head))
 
     def replied(self, answer: Answer | None) -> None:
         """The plain path's answer to the request in flight (None: close without one)."""
