@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..codec import CodecError
 from ..codec.policy import IpPolicy
@@ -22,7 +20,6 @@ from ..decide.clientip import ClientIPResolver
 from ..decide.credentials import MixedCredentials
 from ..decide.headers import (
     CorsPolicy,
-    client_response_headers,
     is_browser_settings,
     upstream_request_headers,
 )
@@ -39,23 +36,11 @@ from .answers import Answer
 from .coalesce import MERGED_QUERY, Coalescer, MergedAnswer, accepted
 from .fleetlimit import Limiter, LocalLimiter
 from .incoming import Incoming
+from .outcomes import Outcome, Outgoing, combine, merged_success, translate
 from .ratelimit import RateLimiter
 
-Outcome = UpstreamAnswer | UpstreamFailure
 _ALLOWED_METHODS = ("GET", "POST")
 _MATCHES_KEPT = 1024
-
-
-@dataclass(slots=True)
-class Outgoing:
-    """One upstream request, before the client serializes it."""
-
-    base: str                      # the region's endpoint URL
-    path_qs: str
-    query: bytes
-    headers: dict[str, str]
-    body: bytes
-    read_timeout: float | None     # None: the config's
 
 
 class ApiRelay:
@@ -239,7 +224,7 @@ class ApiRelay:
                 self._ip_policy.upstream_ip(client_ip),
                 lambda: self._send(routed, match, part, headers, client_ip))
             if outcome is None:           # a merged batch carried it, and was accepted
-                outcome = _merged_success(routed)
+                outcome = merged_success(routed)
         else:
             outcome = await self._send(routed, match, part, headers, client_ip)
         return self.answer_whole(outcome, match.endpoint, part.region, cors)
@@ -247,7 +232,7 @@ class ApiRelay:
     def answer_whole(self, outcome: Outcome, endpoint: str, region: str,
                      cors: dict[str, str]) -> Answer:
         """The client's answer to a request that went whole to one region, counted."""
-        response = self._translate(outcome, cors)
+        response = translate(outcome, cors, self._retry_after)
         self._metrics.count_request(endpoint, region, response.status)
         request_facts().add_region(region)
         return response
@@ -285,11 +270,11 @@ class ApiRelay:
         self._metrics.split_batches.inc()
         outcomes = await asyncio.gather(*(
             self._send(routed, match, part, headers, client_ip) for part in plan.parts))
-        responses = [self._translate(outcome, cors) for outcome in outcomes]
+        responses = [translate(outcome, cors, self._retry_after) for outcome in outcomes]
         for part, response in zip(plan.parts, responses, strict=True):
             self._metrics.count_request(match.endpoint, part.region, response.status)
             request_facts().add_region(part.region)
-        return self._combine(routed, responses, cors, sum(part.records for part in plan.parts))
+        return combine(routed, responses, cors, sum(part.records for part in plan.parts))
 
     def outgoing(self, routed: RoutedRequest, match: PathMatch, part: Part,
                  headers: Mapping[str, str], client_ip: str) -> Outgoing:
@@ -388,39 +373,6 @@ class ApiRelay:
         return (upstream.settings_timeout if is_browser_settings(query)
                 else upstream.settings_timeout_mobile)
 
-    def _translate(self, outcome: UpstreamAnswer | UpstreamFailure,
-                   cors: dict[str, str]) -> Answer:
-        """Map the upstream's answer to one the SDK acts on correctly (wire contract 8.4)."""
-        if isinstance(outcome, UpstreamFailure):
-            return answers.problem(503, f"upstream unavailable: {outcome.message}",
-                                 {**cors, "Retry-After": self._retry_after})
-        status = outcome.status
-        if 200 <= status < 300 or (400 <= status < 500 and status != 429 and _is_json(outcome)):
-            headers = {**client_response_headers(outcome.headers), **cors}
-            return Answer(status, headers, outcome.body)
-        retry_after = outcome.headers.get("Retry-After", self._retry_after)
-        if status == 429:     # 503 for the same reason as our own rate limit (_rate_limited)
-            return answers.problem(503, "upstream rate limit",
-                                   {**cors, "Retry-After": retry_after})
-        if status >= 500 or 300 <= status < 400:
-            return answers.problem(503, f"upstream answered {status}",
-                                 {**cors, "Retry-After": retry_after})
-        return answers.problem(status, f"upstream answered {status}", cors)
-
-    def _combine(self, routed: RoutedRequest, responses: Sequence[Answer],
-                 cors: dict[str, str], records: int) -> Answer:
-        """One truthful answer for a split batch: 200 only when every part was accepted."""
-        statuses = [response.status for response in responses]
-        if all(status == 200 for status in statuses):
-            body, content_type = answers.success_for(routed, records)
-            return Answer(200, {**cors, "Content-Type": content_type}, body)
-        # Retryable failures first: the SDK resends the whole batch, and Mixpanel deduplicates
-        # the parts that were already accepted by (event, distinct_id, time, $insert_id).
-        for response in responses:
-            if response.status == 503:
-                return response
-        return next(response for response in responses if response.status != 200)
-
     def rate_limited(self, who: str, key: str, wait: int,
                       cors: dict[str, str]) -> Answer:
         # 503 + Retry-After, not 429: mixpanel-iphone deletes a batch on any 4xx (it retries
@@ -438,13 +390,3 @@ class ApiRelay:
 
 def _too_large(endpoint: str, limit: int) -> str:
     return f"the body exceeds the {limit}-byte limit for /{endpoint}"
-
-
-def _merged_success(routed: RoutedRequest) -> UpstreamAnswer:
-    """The answer Mixpanel would have given this client alone: `1`, or the verbose JSON."""
-    body, content_type = answers.success_for(routed)
-    return UpstreamAnswer(200, CIMultiDictProxy(CIMultiDict({"Content-Type": content_type})), body)
-
-
-def _is_json(answer: UpstreamAnswer) -> bool:
-    return "json" in answer.headers.get("Content-Type", "")

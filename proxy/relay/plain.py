@@ -38,7 +38,8 @@ from ..ops.metrics import RouteMeters
 from ..upstream.client import UpstreamFailure
 from . import answers
 from .answers import Answer
-from .handler import ApiRelay, Outcome
+from .handler import ApiRelay
+from .outcomes import Outcome
 from .ratelimit import RateLimiter
 
 log = logging.getLogger("mixpanel_proxy.relay")
