@@ -180,7 +180,7 @@ class AccessRecorder:
         counter = self._response_bytes.get(endpoint)
         if counter is None:
             counter = self._response_bytes[endpoint] = self._metrics.response_bytes.labels(endpoint)
-        counter.inc(size)
+        self._metrics.tally.add(counter, size)
 
 
 def _routine_probe(path: str, status: int) -> bool:

@@ -107,11 +107,12 @@ class ApiRelay:
         screened = self.screen(request, match)
         if isinstance(screened, Answer):
             return screened
-        self._metrics.in_flight.inc()
+        tally = self._metrics.tally
+        tally.add(self._metrics.in_flight)
         try:
             return await self._relay(request, *screened)
         finally:
-            self._metrics.in_flight.dec()
+            tally.add(self._metrics.in_flight, -1)
 
     def screen(self, request: Incoming,
                match: PathMatch | None) -> Answer | tuple[PathMatch, dict[str, str]]:
@@ -181,7 +182,8 @@ class ApiRelay:
         limit = self._accepted[endpoint]
         if len(body) > limit:
             return self.reject("limit", 413, _too_large(endpoint, limit), cors)
-        self._metrics.child(self._metrics.request_bytes, endpoint).inc(len(body))
+        self._metrics.tally.add(self._metrics.child(self._metrics.request_bytes, endpoint),
+                                len(body))
         request_facts().request_bytes = len(body)
         headers = request.headers
         routed = RoutedRequest(
@@ -350,7 +352,7 @@ class ApiRelay:
 
     def exchange_opened(self, endpoint: str, region: str, body: bytes) -> RouteMeters:
         meters = self._metrics.route(endpoint, region)
-        meters.upstream_bytes.inc(len(body))
+        self._metrics.tally.add(meters.upstream_bytes, len(body))
         return meters
 
     def exchange_closed(self, region: str, meters: RouteMeters, outcome: Outcome,
@@ -360,8 +362,9 @@ class ApiRelay:
             self._metrics.upstream_failures.labels(region, outcome.kind).inc()
             self._health.failed(region, outcome.message)
             return
-        meters.upstream_seconds.observe(seconds)
-        meters.upstream_response_bytes.inc(len(outcome.body))
+        tally = self._metrics.tally
+        tally.observe(meters.upstream_seconds, seconds)
+        tally.add(meters.upstream_response_bytes, len(outcome.body))
         if outcome.status >= 500:   # reachable, but not serving: not ready either
             self._health.failed(region, f"answered {outcome.status}")
         else:

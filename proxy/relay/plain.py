@@ -29,12 +29,10 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
-from prometheus_client import Gauge
-
 from ..decide.paths import PathMatch
 from ..decide.routing import Plan, RoutedRequest
 from ..ops.accesslog import RequestFacts, enter_facts, leave_facts, request_facts
-from ..ops.metrics import RouteMeters
+from ..ops.metrics import Metrics, RouteMeters
 from ..upstream.client import UpstreamFailure
 from . import answers
 from .answers import Answer
@@ -75,9 +73,9 @@ class Reply(Protocol):
 
 
 class PlainPath:
-    def __init__(self, relay: ApiRelay, in_flight: Gauge, spawn: Spawn) -> None:
+    def __init__(self, relay: ApiRelay, metrics: Metrics, spawn: Spawn) -> None:
         self._relay = relay
-        self._in_flight = in_flight
+        self._tally, self._in_flight = metrics.tally, metrics.in_flight
         self._spawn = spawn            # a Task the edge keeps (a stop cancels the stragglers)
 
     def start(self, request: PlainRequest, match: PathMatch, facts: RequestFacts,
@@ -107,14 +105,14 @@ class PlainPath:
         if isinstance(screened, Answer):
             return screened
         match, cors = screened
-        self._in_flight.inc()
+        self.began()
         try:
             answer = self._steps(request, match, cors, limits, reply)
         except BaseException:
-            self._in_flight.dec()
+            self.ended()
             raise
         if answer is not None:
-            self._in_flight.dec()
+            self.ended()
         return answer
 
     def _steps(self, request: PlainRequest, match: PathMatch, cors: dict[str, str],
@@ -139,13 +137,19 @@ class PlainPath:
             self._spawn(self._forward(*routed, match, request.headers, client_ip, cors, reply))
             return None
         out = relay.outgoing(routed[0], match, part, request.headers, client_ip)
-        exchange = _Exchange(relay, self._in_flight, reply, match.endpoint, part.region, cors,
+        exchange = _Exchange(relay, self, reply, match.endpoint, part.region, cors,
                              relay.exchange_opened(match.endpoint, part.region, out.body))
         try:
             relay.submit(out, routed[0].method, match.endpoint, exchange.settled)
         except UpstreamFailure as failure:     # not even written (a header's line break)
             exchange.settled(failure)
         return None
+
+    def began(self) -> None:
+        self._tally.add(self._in_flight)
+
+    def ended(self) -> None:
+        self._tally.add(self._in_flight, -1)
 
     async def _forward(self, routed: RoutedRequest, plan: Plan, match: PathMatch,
                        headers: Mapping[str, str], client_ip: str, cors: dict[str, str],
@@ -159,19 +163,19 @@ class PlainPath:
             log.exception("the relay failed on %s /%s", routed.method, match.endpoint)
             answer = answers.problem(500, "internal error")
         finally:
-            self._in_flight.dec()
+            self.ended()
             reply.replied(answer)         # None when cancelled: the edge closes
 
 
 class _Exchange:
     """One plain request at the upstream: the state its answer needs when it comes."""
 
-    __slots__ = ("_relay", "_in_flight", "_reply", "_endpoint", "_region", "_cors", "_meters",
+    __slots__ = ("_relay", "_path", "_reply", "_endpoint", "_region", "_cors", "_meters",
                  "_facts", "_started")
 
-    def __init__(self, relay: ApiRelay, in_flight: Gauge, reply: Reply, endpoint: str,
+    def __init__(self, relay: ApiRelay, path: PlainPath, reply: Reply, endpoint: str,
                  region: str, cors: dict[str, str], meters: RouteMeters) -> None:
-        self._relay, self._in_flight, self._reply = relay, in_flight, reply
+        self._relay, self._path, self._reply = relay, path, reply
         self._endpoint, self._region, self._cors, self._meters = endpoint, region, cors, meters
         self._facts = request_facts()
         self._started = time.perf_counter()
@@ -191,6 +195,6 @@ class _Exchange:
             answer = answers.problem(500, "internal error")
         finally:
             leave_facts(token)
-            self._in_flight.dec()
+            self._path.ended()
         self._reply.replied(answer)
 

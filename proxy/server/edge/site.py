@@ -52,7 +52,7 @@ class EdgeSite(web.SockSite):
                                   for reason in EDGE_HANDOVER_REASONS},
                                  metrics.reject, CorsPolicy(app[CONFIG_KEY].cors))
         if self._fast_path:
-            edge.plain = PlainPath(app[RELAY_KEY], metrics.in_flight, edge.spawn)
+            edge.plain = PlainPath(app[RELAY_KEY], metrics, edge.spawn)
         loop = asyncio.get_running_loop()
         sock, backlog = aiohttp_seam.site_socket(self)
         aiohttp_seam.set_site_server(self, await loop.create_server(
