@@ -23,6 +23,8 @@ from typing import cast
 
 import httptools
 
+from .outbox import Outbox
+
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024   # a bundle map is ~1.4 MB; anything near this is hostile
 
 
@@ -55,7 +57,10 @@ class _StopParsing(Exception):
 class _Connection(asyncio.Protocol):
     """One upstream connection: a transport, an llhttp parser, at most one exchange at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, outbox: Outbox | None = None) -> None:
+        """`outbox`: requests are written at the end of the loop's turn (outbox.py); None:
+        at once."""
+        self._outbox = outbox
         self.transport: asyncio.Transport | None = None
         # Looked up once: asyncio.get_running_loop() makes a getpid() system call each time.
         self._loop = asyncio.get_running_loop()
@@ -178,7 +183,10 @@ class _Connection(asyncio.Protocol):
         self._received = False
         # A bare timer rather than asyncio.timeout(): this runs once per relayed request.
         self._timer = self._loop.call_at(deadline, self._time_out, host)
-        self.transport.write(request)
+        if self._outbox is not None:
+            self._outbox.write(self.transport, request)
+        else:
+            self.transport.write(request)
 
     async def exchange(self, request: bytes, deadline: float, host: str) -> RawAnswer:
         """`begin`, awaited: the answer, or the ExchangeError raised."""

@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any
 
 from .http1 import Done, ExchangeError, Outcome, RawAnswer, _Connection
+from .outbox import Outbox
 
 
 class _Slots:
@@ -76,6 +77,7 @@ class ConnectionPool:
         self._loop = asyncio.get_running_loop()
         self._sweeper: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()    # submitted exchanges that must wait
+        self._outbox = Outbox(self._loop)
 
     async def request(self, raw: bytes, timeout: float, replayable: bool) -> RawAnswer:
         """Send `raw`, return its whole answer. `timeout` is the exchange's one budget: waiting
@@ -189,7 +191,7 @@ class ConnectionPool:
         try:
             async with asyncio.timeout_at(min(deadline, limit)):
                 _, connection = await loop.create_connection(
-                    _Connection, self._host, self._port, ssl=self._ssl,
+                    lambda: _Connection(self._outbox), self._host, self._port, ssl=self._ssl,
                     server_hostname=self._host if self._ssl else None)
         except TimeoutError:
             if deadline <= limit:

@@ -39,6 +39,7 @@ from ...relay import answers
 from ...relay.answers import Answer
 from ...relay.handler import ApiRelay
 from ...relay.plain import PlainPath
+from ...upstream.outbox import Outbox
 from .head import LINE_TOO_LONG, Head, HeadReader, Refusal, scan, too_long_line_answer
 from .wire import LeanRequest, answer_bytes
 
@@ -70,8 +71,16 @@ class Edge:
     # The plain path (relay/plain.py): requests answered in callbacks, no Task each. None: off,
     # every framed request runs `ApiRelay.handle` in a Task (the general path).
     plain: PlainPath | None = None
+    # Keep-alive answers written at the end of the loop's turn (upstream/outbox.py); None: at
+    # once. Every direct write to a client flushes it first, so a connection's bytes keep their
+    # order.
+    outbox: Outbox | None = None
     # Requests framed in this turn of the loop, started together at its end (`start_framed`).
     framed: list[tuple[EdgeConnection, LeanRequest, Head]] = field(default_factory=list)
+
+    def flush(self) -> None:
+        if self.outbox is not None:
+            self.outbox.flush()
 
     def start_framed(self) -> None:
         """Start the requests framed in the last turn of the loop, in one go. Measured: started
@@ -165,6 +174,7 @@ class EdgeConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if self._transport is not None:
+            self._edge.flush()             # an answer still in the outbox goes first
             self._transport.close()
 
     def _pause_reading(self) -> None:
@@ -227,6 +237,7 @@ class EdgeConnection(asyncio.Protocol):
         cors = self._edge.cors
         answer = answers.problem(refusal.status, refusal.message,
                                  cors.headers(origin) if cors.allows(origin) else None)
+        self._edge.flush()
         transport.write(answer_bytes(answer, False, False))
         self._buffer = bytearray()
         self._edge.connections.discard(self)
@@ -251,6 +262,7 @@ class EdgeConnection(asyncio.Protocol):
         if transport is None:
             return
         self._edge.handovers[reason].inc()
+        self._edge.flush()                 # aiohttp writes directly from now on
         self._transport = None
         self._edge.connections.discard(self)
         protocol = self._edge.aiohttp_protocol()
@@ -340,11 +352,16 @@ class EdgeConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return                         # the client left; the upstream had its request
-        if data:
-            transport.write(data)          # may call pause_writing at once
-        if not keep_alive:
-            transport.close()
-            return
+        outbox = self._edge.outbox
+        if keep_alive and outbox is not None:
+            outbox.write(transport, data)  # pause_writing, if it comes, comes then
+        else:
+            self._edge.flush()
+            if data:
+                transport.write(data)      # may call pause_writing at once
+            if not keep_alive:
+                transport.close()
+                return
         if self._write_paused:
             return                         # resume_writing takes it from here
         self._resume_reading()

@@ -20,6 +20,7 @@ from ...app import ACCESS_KEY, CONFIG_KEY, METRICS_KEY, RELAY_KEY
 from ...decide.headers import CorsPolicy
 from ...ops.metrics import EDGE_HANDOVER_REASONS
 from ...relay.plain import PlainPath
+from ...upstream.outbox import Outbox
 from .. import aiohttp_seam
 from ..refusals import json_refusing
 from .connection import Edge, EdgeConnection
@@ -51,9 +52,10 @@ class EdgeSite(web.SockSite):
                                  {reason: handovers.labels(reason)
                                   for reason in EDGE_HANDOVER_REASONS},
                                  metrics.reject, CorsPolicy(app[CONFIG_KEY].cors))
+        loop = asyncio.get_running_loop()
         if self._fast_path:
             edge.plain = PlainPath(app[RELAY_KEY], metrics, edge.spawn)
-        loop = asyncio.get_running_loop()
+            edge.outbox = Outbox(loop)
         sock, backlog = aiohttp_seam.site_socket(self)
         aiohttp_seam.set_site_server(self, await loop.create_server(
             lambda: EdgeConnection(edge), sock=sock, backlog=backlog))
