@@ -13,6 +13,13 @@ the connection from then on.
 Framing is ours (head ends at the first CRLF CRLF, body is Content-Length bytes), so the start of
 each request in the byte stream is always known, and a hand-over can replay it exactly.
 
+Answering: a framed request goes to the plain path (relay/plain.py), which answers it in
+callbacks, no Task and no coroutine per request; the requests framed in one turn of the loop
+start together at its end (`Edge.start_framed`), and keep-alive answers are written together at
+the end of a turn (`Edge.outbox`). What the plain path cannot decide without awaiting (the
+fleet's rate limits on Redis) runs `ApiRelay.handle` in a Task, as every request does when the
+plain path is off (`EdgeSite(fast_path=False)`).
+
 Flow control (uvicorn's FlowControl is the model): one request in flight per connection; the next
 pipelined request is not started while the transport's write buffer is above its high-water mark
 (pause_writing .. resume_writing), and reading pauses while writing is paused or while more than
