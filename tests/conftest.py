@@ -103,17 +103,22 @@ def relay_config(upstreams: dict[str, FakeUpstream], extra: dict[str, Any] | Non
     return data
 
 
-@pytest.fixture
-async def make_relay(upstreams: dict[str, FakeUpstream]) -> AsyncIterator[RelayFactory]:
+@pytest.fixture(params=[True, False], ids=["plain_path", "general_path"])
+async def make_relay(upstreams: dict[str, FakeUpstream],
+                     request: pytest.FixtureRequest) -> AsyncIterator[RelayFactory]:
     """Relays served as a worker serves them: through the lean edge
-    (tests/support/edge_server.py)."""
+    (tests/support/edge_server.py). Every test runs twice: with the edge's plain path (plain
+    requests answered in callbacks, relay/plain.py) and with it off (every request through
+    `ApiRelay.handle`), so both paths answer to the same tests."""
     clients: list[TestClient[Any, Any]] = []
+    fast_path: bool = request.param
 
     async def factory(extra: dict[str, Any] | None = None, projects: bool = False,
                       registry: CollectorRegistry | None = None) -> TestClient[Any, Any]:
         config = parse_config(relay_config(upstreams, extra, projects))
         app = create_app(config, registry=registry or CollectorRegistry())
-        client: TestClient[Any, Any] = TestClient(EdgeTestServer(app, host="127.0.0.1"))
+        client: TestClient[Any, Any] = TestClient(EdgeTestServer(app, host="127.0.0.1",
+                                                                 fast_path=fast_path))
         await client.start_server()
         clients.append(client)
         return client

@@ -235,3 +235,21 @@ async def test_random_mixes_and_splits_keep_every_request_in_order(
             writer.close()
         assert [status for status, _, _ in answers] == statuses
         assert [r.body for r in upstreams["us"].received] == bodies
+
+
+async def test_an_answer_waiting_in_the_outbox_goes_out_before_a_refusal_behind_it(
+        make_relay: RelayFactory, upstreams: dict[str, FakeUpstream]) -> None:
+    """Pipelined: a /track the upstream answers, then a head the edge refuses. The /track
+    answer waits for the end of the loop's turn in the outbox (plain path), the refusal is
+    written at once in the same turn: the outbox is flushed first, so the client reads the
+    answers in the order of its requests."""
+    client = await make_relay()
+    port = client.server.port
+    assert port is not None
+    body = browser_form([event(US_TOKEN)])
+    track = (b"POST /track/ HTTP/1.1\r\nHost: relay\r\nContent-Length: %d\r\n"
+             b"Content-Type: application/x-www-form-urlencoded\r\n\r\n" % len(body) + body)
+    bad = b"GET /track/ HTTP/1.1\r\nHost: relay\r\nBad Name: x\r\n\r\n"
+    answers, closed = await rawhttp.exchange(port, track + bad, 2, until_close=True)
+    assert [status for status, _, _ in answers] == [200, 400] and closed
+    assert len(upstreams["us"].received) == 1

@@ -4,9 +4,11 @@ runs in well under a millisecond."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from proxy.upstream.http1 import MAX_RESPONSE_BYTES
+from proxy.upstream.http1 import MAX_RESPONSE_BYTES, ExchangeError, RawAnswer
 from tests.support.http1_feed import REQUEST, connect, feed
 
 OK = [b"HTTP/1.1 200 OK\r\n", b"Content-Type: plain/text\r\n", b"Content-Length: 13\r\n",
@@ -164,3 +166,43 @@ async def test_a_connection_answers_one_exchange_after_another() -> None:
                          eof=False, on=(connection, transport))
         assert fed.answer.body == body
     assert transport.written == [REQUEST] * 3 and not transport.closed
+
+
+async def test_a_callback_exchange_is_handed_its_answer_only_after_the_parse() -> None:
+    """`begin` (the plain path's exchange, no future): the owner learns the outcome once llhttp
+    has returned, so bytes after the answer in the same read retire the connection before the
+    owner can start its next exchange on it, and never become that exchange's answer."""
+    connection, transport = connect()
+    deadline = asyncio.get_running_loop().time() + 30
+    outcomes: list[RawAnswer | ExchangeError] = []
+
+    def done(outcome: RawAnswer | ExchangeError) -> None:
+        outcomes.append(outcome)
+        if len(outcomes) == 1 and connection.reusable:     # as the pool: reuse if it can
+            connection.begin(REQUEST, deadline, "up.test", done)
+
+    connection.begin(REQUEST, deadline, "up.test", done)
+    connection.data_received(WHOLE + b"HTTP/1.1 500 Stray\r\nContent-Length: 1\r\n\r\n5")
+    await asyncio.sleep(0)      # one loop turn: the outcome is delivered once the parse returned
+    first = outcomes[0]
+    assert isinstance(first, RawAnswer) and (first.status, first.body) == (200, b"Hello, world!")
+    assert outcomes == [first] and transport.written == [REQUEST]
+    assert transport.closed and not connection.reusable
+
+
+async def test_a_callback_exchange_may_begin_the_next_from_its_callback() -> None:
+    connection, transport = connect()
+    deadline = asyncio.get_running_loop().time() + 30
+    bodies: list[bytes] = []
+
+    def done(outcome: RawAnswer | ExchangeError) -> None:
+        assert isinstance(outcome, RawAnswer)
+        bodies.append(outcome.body)
+        if len(bodies) < 3:
+            connection.begin(REQUEST, deadline, "up.test", done)
+
+    connection.begin(REQUEST, deadline, "up.test", done)
+    for n in range(3):
+        connection.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n%d" % n)
+    assert bodies == [b"0", b"1", b"2"] and transport.written == [REQUEST] * 3
+    assert not transport.closed

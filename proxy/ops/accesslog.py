@@ -29,7 +29,7 @@ from .metrics import Metrics
 
 __all__ = [
     "ACCESS_LOGGER", "OPS_ENDPOINT", "AccessRecorder", "RequestFacts", "access_middleware",
-    "asset_prefixes", "ip_policy", "request_facts",
+    "asset_prefixes", "enter_facts", "ip_policy", "leave_facts", "request_facts",
 ]
 
 ACCESS_LOGGER = logging.getLogger("mixpanel_proxy.access")
@@ -78,6 +78,15 @@ def request_facts() -> RequestFacts:
     """The facts of the request being handled (a throwaway one outside the middleware)."""
     facts = _current.get()
     return facts if facts is not None else RequestFacts()
+
+
+def enter_facts(facts: RequestFacts) -> Token[RequestFacts | None]:
+    """Make `facts` the current request's (`request_facts()`) until `leave_facts`."""
+    return _current.set(facts)
+
+
+def leave_facts(token: Token[RequestFacts | None]) -> None:
+    _current.reset(token)
 
 
 def ip_policy(policy: str, upstream: Anonymizer | None = None) -> Anonymizer:
@@ -148,6 +157,11 @@ class AccessRecorder:
     def close(self, request: Incoming, facts: RequestFacts, token: Token[RequestFacts | None],
               status: int, size: int, started: float) -> None:
         _current.reset(token)
+        self.record(request, facts, status, size, started)
+
+    def record(self, request: Incoming, facts: RequestFacts, status: int, size: int,
+               started: float) -> None:
+        """Count the answer's bytes and write the access line (`close` without the context)."""
         if facts.endpoint == "none" and self._assets and request.path.startswith(self._assets):
             facts.endpoint = "assets"
         if facts.endpoint != OPS_ENDPOINT:   # probes and scrapes are not client traffic
@@ -166,7 +180,7 @@ class AccessRecorder:
         counter = self._response_bytes.get(endpoint)
         if counter is None:
             counter = self._response_bytes[endpoint] = self._metrics.response_bytes.labels(endpoint)
-        counter.inc(size)
+        self._metrics.tally.add(counter, size)
 
 
 def _routine_probe(path: str, status: int) -> bool:

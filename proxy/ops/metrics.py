@@ -15,6 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
 
 from . import multiproc
+from .tally import Tally
 
 T = TypeVar("T", Counter, Gauge, Histogram)
 
@@ -185,6 +186,8 @@ class Metrics:
             self.edge_handovers.labels(reason)
         self._publisher = multiproc.Publisher(self.registry, self._gauge_modes()) \
             if multiproc.active() else None
+        # The request path's updates, applied once per turn of the loop (tally.py).
+        self.tally = Tally()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._routes: dict[tuple[str, str], RouteMeters] = {}
         for reason in REJECTION_REASONS:
@@ -196,7 +199,7 @@ class Metrics:
                 for gauge in vars(self).values() if isinstance(gauge, Gauge)}
 
     def count_request(self, endpoint: str, region: str, status: int) -> None:
-        self.child(self.requests, endpoint, region, status_class(status)).inc()
+        self.tally.add(self.child(self.requests, endpoint, region, status_class(status)))
 
     def route(self, endpoint: str, region: str) -> RouteMeters:
         """The per-exchange series of one endpoint in one region, looked up once."""
@@ -223,6 +226,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The whole relay's view: every worker's, when several serve (ops/multiproc.py)."""
+        self.tally.flush()
         if self._publisher is not None:
             self._publisher.publish()     # this worker exact, the others at most a second old
             return generate_latest(multiproc.aggregated_registry())
@@ -230,11 +234,13 @@ class Metrics:
 
     def families(self) -> Iterable[Metric]:
         """The series a page shows, with the same scope as `exposition`."""
+        self.tally.flush()
         if self._publisher is not None:
             self._publisher.publish()
         return multiproc.families(self.registry)
 
     def publish(self) -> None:
         """Copy this process's values to the shared directory (multiprocess mode only)."""
+        self.tally.flush()
         if self._publisher is not None:
             self._publisher.publish()

@@ -54,6 +54,10 @@ class Limiter(Protocol):
 
     async def check_tokens(self, tokens: Iterable[str]) -> int: ...
 
+    @property
+    def local(self) -> RateLimiter | None:
+        """The buckets, when they are this process's alone: checked without awaiting."""
+
 
 class LocalLimiter:
     """Buckets in this process (`backend = "local"`, the default)."""
@@ -67,6 +71,10 @@ class LocalLimiter:
     async def check_tokens(self, tokens: Iterable[str]) -> int:
         return self._buckets.check_tokens(tokens)
 
+    @property
+    def local(self) -> RateLimiter:
+        return self._buckets
+
 
 class FleetLimiter:
     """One bucket per key for the whole fleet, in Redis; local buckets while Redis is down."""
@@ -78,6 +86,10 @@ class FleetLimiter:
         self._local = RateLimiter(config)
         self._take = link.client.register_script(_TAKE)
         self._prefix = f"{link.prefix}:rate"
+
+    @property
+    def local(self) -> None:
+        return None        # the fleet's buckets are in Redis: every check awaits it
 
     async def check_ip(self, client_ip: str) -> int:
         rate, burst = self._config.ip_per_second, self._config.ip_burst

@@ -5,13 +5,15 @@ transport errors exist. Everything that goes wrong on the way becomes an `Upstre
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ..config import UpstreamConfig
-from .http1 import ExchangeError
+from .http1 import ExchangeError, Outcome, RawAnswer
 from .pool import ConnectionPool
 
 # Endpoints whose requests the upstream deduplicates (each event's $insert_id), so sending one
@@ -69,6 +71,26 @@ class UpstreamClient:
                       replayable: bool = False) -> UpstreamAnswer:
         """`send` to `base` + `path_qs`: a base URL (an origin, or a region's endpoint, which
         callers use on every request) is parsed once."""
+        pool, raw = self._prepare(base, path_qs, method, headers, body)
+        try:
+            answer = await pool.request(raw, read_timeout or self._config.read_timeout,
+                                        replayable or method == "GET")
+        except ExchangeError as exc:
+            raise UpstreamFailure(exc.kind, str(exc)) from exc
+        return _answer(answer)
+
+    def submit_to(self, base: str, path_qs: str, method: str, headers: dict[str, str],
+                  body: bytes | None, read_timeout: float | None, replayable: bool,
+                  done: Callable[[UpstreamAnswer | UpstreamFailure], None]) -> None:
+        """`send_to` in callbacks (the lean edge's plain path): `done` is called once, later,
+        with the answer or the UpstreamFailure. A request that cannot be written at all (a
+        header with a line break) raises UpstreamFailure here, as `send_to` does."""
+        pool, raw = self._prepare(base, path_qs, method, headers, body)
+        pool.submit(raw, read_timeout or self._config.read_timeout,
+                    replayable or method == "GET", partial(_outcome, done))
+
+    def _prepare(self, base: str, path_qs: str, method: str, headers: dict[str, str],
+                 body: bytes | None) -> tuple[ConnectionPool, bytes]:
         if method == "HEAD":        # its answer has a Content-Length and no body
             raise ValueError("the upstream client does not send HEAD requests")
         known = self._bases.get(base)
@@ -77,14 +99,7 @@ class UpstreamClient:
             known = self._bases[base] = (self._pool(url), _host_header(url),
                                          url.raw_path.rstrip("/"))
         pool, host, prefix = known
-        raw = _serialize(method, prefix + path_qs, host, headers, body)
-        try:
-            answer = await pool.request(raw, read_timeout or self._config.read_timeout,
-                                        replayable or method == "GET")
-        except ExchangeError as exc:
-            raise UpstreamFailure(exc.kind, str(exc)) from exc
-        return UpstreamAnswer(answer.status, CIMultiDictProxy(CIMultiDict(answer.headers)),
-                              answer.body)
+        return pool, _serialize(method, prefix + path_qs, host, headers, body)
 
     def _pool(self, url: URL) -> ConnectionPool:
         scheme, host, port = url.scheme, url.raw_host or "", url.port or 0
@@ -96,6 +111,18 @@ class UpstreamClient:
                 host, port, self._ssl if scheme == "https" else None, self._config.pool_size,
                 self._config.connect_timeout)
         return pool
+
+
+def _answer(raw: RawAnswer) -> UpstreamAnswer:
+    return UpstreamAnswer(raw.status, CIMultiDictProxy(CIMultiDict(raw.headers)), raw.body)
+
+
+def _outcome(done: Callable[[UpstreamAnswer | UpstreamFailure], None],
+             outcome: Outcome) -> None:
+    if isinstance(outcome, ExchangeError):
+        done(UpstreamFailure(outcome.kind, str(outcome)))
+    else:
+        done(_answer(outcome))
 
 
 def trust_context(ca_file: str) -> ssl.SSLContext:

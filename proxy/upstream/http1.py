@@ -17,10 +17,13 @@ differential fuzzer against h11 in tests/test_fuzz_upstream.py):
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
 import httptools
+
+from .outbox import Outbox
 
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024   # a bundle map is ~1.4 MB; anything near this is hostile
 
@@ -42,6 +45,10 @@ class RawAnswer:
     body: bytes
 
 
+Outcome = RawAnswer | ExchangeError
+Done = Callable[[Outcome], None]
+
+
 class _StopParsing(Exception):
     """Raised inside an llhttp callback to stop the parse: the exchange already has its outcome
     (or none is waiting), and the connection is closed."""
@@ -50,14 +57,22 @@ class _StopParsing(Exception):
 class _Connection(asyncio.Protocol):
     """One upstream connection: a transport, an llhttp parser, at most one exchange at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, outbox: Outbox | None = None) -> None:
+        """`outbox`: requests are written at the end of the loop's turn (outbox.py); None:
+        at once."""
+        self._outbox = outbox
         self.transport: asyncio.Transport | None = None
         # Looked up once: asyncio.get_running_loop() makes a getpid() system call each time.
         self._loop = asyncio.get_running_loop()
         self.idle_since = 0.0
         self.reused = False
         self._parser = httptools.HttpResponseParser(self)
-        self._waiter: asyncio.Future[RawAnswer] | None = None
+        # The exchange waiting for an answer: called once with its outcome. None when no
+        # exchange waits (any byte then retires the connection).
+        self._done: Done | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._parsing = False
+        self._ready: tuple[Done, Outcome] | None = None   # settled in a parse, handed over after
         self._headers: list[tuple[str, str]] = []
         self._body: list[bytes] = []
         self._size = 0
@@ -72,8 +87,7 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        waiter = self._waiter
-        if waiter is None or waiter.done():
+        if self._done is None:
             # Nobody asked: a stray answer, or the rest of one given up on. Whatever it is, the
             # next exchange's answer would be read after it, so the connection is done for.
             self.close()
@@ -85,6 +99,7 @@ class _Connection(asyncio.Protocol):
                                                      "the status line)"))
                 self.close()
                 return
+        self._parsing = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -95,10 +110,18 @@ class _Connection(asyncio.Protocol):
             if not isinstance(exc.__context__, _StopParsing):
                 self._fail(ExchangeError("protocol", f"malformed response ({exc})"))
             self.close()
+        finally:
+            self._parsing = False
+        ready = self._ready
+        if ready is not None:
+            # Handed over only now, outside llhttp's callbacks: the exchange's owner may start
+            # the next exchange on this connection at once, and its errors are not the parser's.
+            self._ready = None
+            ready[0](ready[1])
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        if self._waiter is not None and not self._waiter.done():
+        if self._done is not None:
             if self._head_done and not self._framed():
                 self._finish()                  # a body delimited by the connection's end
                 return
@@ -107,8 +130,7 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        waiter = self._waiter
-        if waiter is None or waiter.done():     # bytes after the answer, in the same read
+        if self._done is None:          # bytes after the answer, in the same read
             raise _StopParsing
         # Fresh lists per message: an interim answer's fields are not the final answer's.
         self._headers, self._body, self._size, self._chunked = [], [], 0, False
@@ -153,20 +175,33 @@ class _Connection(asyncio.Protocol):
         self._finish()
 
     # the exchange
-    async def exchange(self, request: bytes, deadline: float, host: str) -> RawAnswer:
-        """Write `request`, wait for its whole answer until `deadline` (the loop's clock)."""
-        assert self.transport is not None
-        loop = self._loop
-        waiter: asyncio.Future[RawAnswer] = loop.create_future()
-        self._waiter = waiter
+    def begin(self, request: bytes, deadline: float, host: str, done: Done) -> None:
+        """Write `request`; `done` is called once, later (never from inside this call), with its
+        whole answer or the ExchangeError, by `deadline` (the loop's clock) at the latest."""
+        assert self.transport is not None and self._done is None
+        self._done = done
         self._received = False
         # A bare timer rather than asyncio.timeout(): this runs once per relayed request.
-        timer = loop.call_at(deadline, self._time_out, host)
-        try:
+        self._timer = self._loop.call_at(deadline, self._time_out, host)
+        if self._outbox is not None:
+            self._outbox.write(self.transport, request)
+        else:
             self.transport.write(request)
+
+    async def exchange(self, request: bytes, deadline: float, host: str) -> RawAnswer:
+        """`begin`, awaited: the answer, or the ExchangeError raised."""
+        waiter: asyncio.Future[RawAnswer] = self._loop.create_future()
+        self.begin(request, deadline, host, lambda outcome: _settle(waiter, outcome))
+        try:
             return await waiter
         finally:
-            timer.cancel()
+            self._abandon()        # cancelled: no outcome is handed over later
+
+    def _abandon(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._done = None
 
     @property
     def reusable(self) -> bool:
@@ -184,13 +219,35 @@ class _Connection(asyncio.Protocol):
                    for name, _ in self._headers)
 
     def _finish(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(RawAnswer(self._parser.get_status_code(), self._headers,
-                                              b"".join(self._body)))
+        if self._done is not None:
+            self._settle(RawAnswer(self._parser.get_status_code(), self._headers,
+                                   b"".join(self._body)))
 
     def _time_out(self, host: str) -> None:
+        self._timer = None
         self._fail(ExchangeError("timeout", f"{host} did not answer in time"))
 
     def _fail(self, error: ExchangeError) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(error)
+        if self._done is not None:
+            self._settle(error)
+
+    def _settle(self, outcome: Outcome) -> None:
+        """The exchange's outcome. From now on no exchange waits (so any further byte retires
+        the connection); settled inside a parse, it is handed over once the parse returns."""
+        done = self._done
+        self._abandon()
+        if done is None:
+            return
+        if self._parsing:
+            self._ready = (done, outcome)
+        else:
+            done(outcome)
+
+
+def _settle(waiter: asyncio.Future[RawAnswer], outcome: Outcome) -> None:
+    if waiter.done():
+        return
+    if isinstance(outcome, ExchangeError):
+        waiter.set_exception(outcome)
+    else:
+        waiter.set_result(outcome)

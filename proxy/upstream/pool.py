@@ -8,8 +8,12 @@ import os
 import socket
 import ssl
 from collections import deque
+from collections.abc import Coroutine
+from functools import partial
+from typing import Any
 
-from .http1 import ExchangeError, RawAnswer, _Connection
+from .http1 import Done, ExchangeError, Outcome, RawAnswer, _Connection
+from .outbox import Outbox
 
 
 class _Slots:
@@ -72,6 +76,8 @@ class ConnectionPool:
         self._slots = _Slots(limit)
         self._loop = asyncio.get_running_loop()
         self._sweeper: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()    # submitted exchanges that must wait
+        self._outbox = Outbox(self._loop)
 
     async def request(self, raw: bytes, timeout: float, replayable: bool) -> RawAnswer:
         """Send `raw`, return its whole answer. `timeout` is the exchange's one budget: waiting
@@ -107,6 +113,60 @@ class ConnectionPool:
         finally:
             self._slots.release()
 
+    def submit(self, raw: bytes, timeout: float, replayable: bool, done: Done) -> None:
+        """`request` in callbacks: `done` is called once, later, with the whole answer or the
+        ExchangeError. The common case (a free slot, an idle connection) makes no Task and no
+        coroutine: the connection's protocol calls back when the answer is complete. Waiting for
+        a slot, connecting and a replay are `request`'s coroutine work, in a Task."""
+        deadline = self._loop.time() + timeout
+        if self._slots.take():
+            connection = self._idle_connection()
+            if connection is not None:
+                connection.begin(raw, deadline, self._host, partial(
+                    self._settled, connection, raw, deadline, replayable, done))
+                return
+            self._slots.release()
+        self._spawn(self._request_then(raw, timeout, replayable, done))
+
+    def _settled(self, connection: _Connection, raw: bytes, deadline: float, replayable: bool,
+                 done: Done, outcome: Outcome) -> None:
+        """A submitted exchange's outcome, under `request`'s rules (its slot held till now)."""
+        if isinstance(outcome, ExchangeError):
+            connection.close()     # mid-exchange: its next bytes would belong to this answer
+            if outcome.retryable and replayable:       # the one replay (see `request`)
+                self._spawn(self._replay(raw, deadline, done))
+                return
+        else:
+            self._release(connection)
+        self._slots.release()
+        done(outcome)
+
+    async def _request_then(self, raw: bytes, timeout: float, replayable: bool,
+                            done: Done) -> None:
+        try:
+            outcome: Outcome = await self.request(raw, timeout, replayable)
+        except ExchangeError as error:
+            outcome = error
+        done(outcome)
+
+    async def _replay(self, raw: bytes, deadline: float, done: Done) -> None:
+        """The second and last attempt of a submitted exchange, on a fresh connection; it
+        holds the first attempt's slot."""
+        try:
+            connection = await self._connect(deadline)
+            outcome: Outcome = await self._exchange(connection, raw, deadline)
+            self._release(connection)
+        except ExchangeError as error:
+            outcome = error
+        finally:
+            self._slots.release()
+        done(outcome)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(work)
+        self._tasks.add(task)        # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+
     async def _exchange(self, connection: _Connection, raw: bytes,
                         deadline: float) -> RawAnswer:
         try:
@@ -131,7 +191,7 @@ class ConnectionPool:
         try:
             async with asyncio.timeout_at(min(deadline, limit)):
                 _, connection = await loop.create_connection(
-                    _Connection, self._host, self._port, ssl=self._ssl,
+                    lambda: _Connection(self._outbox), self._host, self._port, ssl=self._ssl,
                     server_hostname=self._host if self._ssl else None)
         except TimeoutError:
             if deadline <= limit:
@@ -175,6 +235,8 @@ class ConnectionPool:
             self._sweeper = None
         while self._idle:
             self._idle.pop().close()
+        for task in list(self._tasks):
+            task.cancel()
 
 
 def _os_reason(exc: OSError) -> str:

@@ -62,8 +62,11 @@ async def test_no_fallback_answers_503_with_retry_after(
     assert status == 503 and headers["Retry-After"] == "10"
     assert b"the spool cannot write" in body
     assert store_gauge(registry, "none") == 1
+    # One write, or two: when the drainer is already backing off (its delivery of "kept" to
+    # the down upstream failed) the spool takes the request first, then once more after the
+    # upstream failed too (handler.py `_send`). Which one is a race with the drainer.
     assert registry.get_sample_value("mixpanel_proxy_spool_refused_total",
-                                     {"reason": "write_error"}) == 1
+                                     {"reason": "write_error"}) in (1, 2)
     ready = await (await client.get("/readyz")).json()
     assert "spool" in ready["failed"]
     assert ready["checks"]["spool"]["detail"] == ("redis unreachable: answering 503 "

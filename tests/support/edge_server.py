@@ -19,9 +19,14 @@ from proxy.server.edge import EdgeSite
 
 
 class EdgeTestServer(TestServer):
-    def __init__(self, *args: Any, keepalive_timeout: float = 75.0, **kwargs: Any) -> None:
+    """`fast_path`: the edge answers plain requests on the plain path (relay/plain.py, as a
+    worker does), or runs every framed request through the general path (`ApiRelay.handle`)."""
+
+    def __init__(self, *args: Any, keepalive_timeout: float = 75.0, fast_path: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._keepalive_timeout = keepalive_timeout
+        self._fast_path = fast_path
 
     async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
         if self.runner:
@@ -34,7 +39,7 @@ class EdgeTestServer(TestServer):
         sock = socket.create_server((self.host, 0))
         self.port = sock.getsockname()[1]
         site = EdgeSite(runner, sock, keepalive_timeout=self._keepalive_timeout,
-                        shutdown_timeout=5.0)
+                        shutdown_timeout=5.0, fast_path=self._fast_path)
         await site.start()
         self.scheme = "http"
         self._root = URL(f"http://{self.host}:{self.port}")

@@ -19,6 +19,8 @@ from aiohttp import web
 from ...app import ACCESS_KEY, CONFIG_KEY, METRICS_KEY, RELAY_KEY
 from ...decide.headers import CorsPolicy
 from ...ops.metrics import EDGE_HANDOVER_REASONS
+from ...relay.plain import PlainPath
+from ...upstream.outbox import Outbox
 from .. import aiohttp_seam
 from ..refusals import json_refusing
 from .connection import Edge, EdgeConnection
@@ -29,8 +31,11 @@ __all__ = ["EdgeSite"]
 class EdgeSite(web.SockSite):
     def __init__(self, runner: web.AppRunner, sock: socket.socket, *,
                  keepalive_timeout: float = 75.0, shutdown_timeout: float = 60.0,
-                 backlog: int = 2048) -> None:
+                 backlog: int = 2048, fast_path: bool = True) -> None:
+        """`fast_path`: answer plain requests in callbacks (relay/plain.py); off, each framed
+        request runs the general path in a Task (the tests run both)."""
         super().__init__(runner, sock, backlog=backlog)
+        self._fast_path = fast_path
         self._keepalive_timeout = keepalive_timeout
         self._shutdown_timeout = shutdown_timeout
         self._edge: Edge | None = None
@@ -48,6 +53,9 @@ class EdgeSite(web.SockSite):
                                   for reason in EDGE_HANDOVER_REASONS},
                                  metrics.reject, CorsPolicy(app[CONFIG_KEY].cors))
         loop = asyncio.get_running_loop()
+        if self._fast_path:
+            edge.plain = PlainPath(app[RELAY_KEY], metrics, edge.spawn)
+            edge.outbox = Outbox(loop)
         sock, backlog = aiohttp_seam.site_socket(self)
         aiohttp_seam.set_site_server(self, await loop.create_server(
             lambda: EdgeConnection(edge), sock=sock, backlog=backlog))
@@ -94,6 +102,7 @@ class EdgeSite(web.SockSite):
             task.cancel()
         await asyncio.gather(*stragglers, return_exceptions=True)
         for connection in list(edge.connections):
+            connection.abandon()           # the plain path's stragglers: no Task to cancel
             connection.close()
 
     async def _sweep(self) -> None:
