@@ -36,8 +36,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         markers = {marker.name for marker in item.iter_markers()}
         fixtures = set(getattr(item, "fixturenames", ()))
-        if markers & SLOW_MARKERS or fixtures & SLOW_FIXTURES:
+        if markers & SLOW_MARKERS or fixtures & SLOW_FIXTURES or _on_the_general_path(item):
             item.add_marker(pytest.mark.slow)
+
+
+def _on_the_general_path(item: pytest.Item) -> bool:
+    """Every relay test runs through both paths (the `make_relay` fixture's two params); the
+    inner loop takes the plain path, which serves production's plain requests, and the full suite
+    both."""
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and "general_path" in callspec.id
 
 
 @asynccontextmanager
