@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..codec import (
     GZIP_ENDPOINTS,
@@ -46,8 +46,8 @@ _LOCAL = ""          # the "region" of records answered locally
 class UnknownToken(Exception):
     """Strict mode met a token (or no token) that `[[projects]]` does not list: answer 403."""
 
-    status = 403
-    reason = "unknown_token"
+    status: ClassVar[int] = 403
+    reason: ClassVar[str] = "unknown_token"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
