@@ -3,8 +3,8 @@ Python against the compiled build (mypyc, `proxy/compiled.py`).
 
 Each step is what the relay runs once per plain SDK request: the edge's head framing, the path
 match, CORS, the client IP, the routing plan (with and without token routing), the header policy
-both ways and the answer's bytes. A step's figure is the fastest of several rounds (the least
-disturbed by other work on the machine).
+both ways, the answer's bytes and the upstream connection's share of one exchange. A step's
+figure is the fastest of several rounds (the least disturbed by other work on the machine).
 
     python bench/decide.py                     # the build this checkout imports
     .ci/compiled-tree /tmp/compiled            # a compiled copy of the checkout, then:
@@ -14,6 +14,7 @@ disturbed by other work on the machine).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from proxy.decide.routing import RoutedRequest, Router  # noqa: E402
 from proxy.relay.answers import Answer  # noqa: E402
 from proxy.server.edge.head import Head, HeadReader  # noqa: E402
 from proxy.server.edge.wire import answer_bytes  # noqa: E402
+from proxy.upstream.http1 import _Connection  # noqa: E402
 
 TARGET = "/track/?verbose=1&ip=1&_=1764330000123"
 ORIGIN = "https://shop.example"
@@ -85,7 +87,44 @@ def steps() -> dict[str, Callable[[], object]]:
             parsed.headers, "203.0.113.9"),
         "client response headers": lambda: client_response_headers(UPSTREAM_ANSWER),
         "answer bytes": lambda: answer_bytes(answer, True, False),
+        "upstream exchange (http1)": upstream_exchange(),
     }
+
+
+ANSWER = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Mon, 30 Nov 2026 17:00:00 GMT\r\n"
+          b"Content-Type: application/json\r\nContent-Length: 25\r\nConnection: keep-alive\r\n"
+          b"Access-Control-Allow-Origin: *\r\nStrict-Transport-Security: max-age=31536000\r\n"
+          b"\r\n" + b'{"error":null,"status":1}')
+
+
+class _Transport:
+    """Takes the request's bytes; the answer is fed straight to the protocol."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def upstream_exchange() -> Callable[[], object]:
+    """One keep-alive exchange on the upstream connection protocol, without a socket: the
+    request written, the answer's bytes parsed, the waiting coroutine resumed with them."""
+    connection = _Connection()
+    connection.connection_made(_Transport())  # type: ignore[arg-type]
+    deadline = asyncio.get_running_loop().time() + 3600
+
+    def exchange() -> object:
+        waiting = connection.exchange(b"POST /track HTTP/1.1\r\n\r\n", deadline, "bench")
+        waiting.send(None)                  # written; now awaits the answer
+        connection.data_received(ANSWER)
+        try:
+            waiting.send(None)
+        except StopIteration as done:
+            return done.value
+        raise AssertionError("the exchange did not finish on its answer")
+
+    return exchange
 
 
 def fastest(work: Callable[[], object], rounds: int, calls: int) -> float:
@@ -99,7 +138,8 @@ def fastest(work: Callable[[], object], rounds: int, calls: int) -> float:
     return best / calls * 1e6
 
 
-def measure(rounds: int, calls: int) -> Build:
+async def measure(rounds: int, calls: int) -> Build:
+    """In a running loop: the upstream connection protocol takes it when made."""
     modules = compiled_modules()
     timings = {name: round(fastest(work, rounds, calls), 3) for name, work in steps().items()}
     return {"compiled": f"{sum(modules.values())}/{len(modules)}", "us_per_call": timings}
@@ -133,7 +173,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--json", action="store_true", help="print this build's figures only")
     args = parser.parse_args()
-    here = measure(args.rounds, args.calls)
+    here = asyncio.run(measure(args.rounds, args.calls))
     if args.json:
         print(json.dumps(here))
         return
