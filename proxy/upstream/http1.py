@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024   # a bundle map is ~1.4 MB; anything near this is hostile
 
@@ -35,6 +36,8 @@ class ExchangeError(Exception):
         self.retryable = retryable
 
 
+# A Python class under mypyc too: the interpreted relay reads its fields (proxy/compiled.py)
+@mypyc_attr(native_class=False)
 @dataclass(slots=True)
 class RawAnswer:
     status: int
