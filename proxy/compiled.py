@@ -10,7 +10,7 @@ What is here: pure, typed code run per request (path matching, routing, header p
 IP, sizing, the codec), the edge's head framing and answer writer, and the upstream connection
 protocol (`upstream/http1.py`: deriving from `asyncio.Protocol`, its class stays a Python class
 under mypyc, but its methods, llhttp's callbacks included, run compiled: one exchange's protocol
-work takes about half the time, `bench/decide.py`). Not here: the modules the hot-path rewrite
+work takes 10-40 % less time, `bench/decide.py`). Not here: the modules the hot-path rewrite
 is changing (the edge connection, the relay handler, the upstream pool and client).
 
 A compiled class is a C struct: compiled code reads its fields at C speed, but interpreted code
