@@ -5,10 +5,14 @@
 # Config: the file at $MIXPANEL_PROXY_CONFIG (mount yours there, or point the variable elsewhere).
 # SIGHUP (docker kill -s HUP) reloads it; SIGTERM (docker stop) drains and exits 0.
 
-FROM python:3.11-slim-bookworm AS build
+# The build stage is the full image: the compiled build (setup.py, proxy/compiled.py) needs a C
+# compiler and Python's headers, which the slim image that runs the relay leaves out.
+FROM python:3.11-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md setup.py ./
+COPY buildsys ./buildsys
 COPY proxy ./proxy
+ENV MIXPANEL_PROXY_COMPILE=1
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[speed]"
 
 FROM python:3.11-slim-bookworm
@@ -23,8 +27,10 @@ RUN groupadd --system --gid 10001 relay \
     && chown relay:relay /var/lib/mixpanel-proxy
 COPY --from=build /wheels /wheels
 # The wheels built above: the relay and exactly the dependency versions resolved for it.
+# The build fails here unless every module proxy/compiled.py lists is a compiled extension.
 RUN pip install --no-cache-dir --no-index /wheels/*.whl \
-    && rm -rf /wheels
+    && rm -rf /wheels \
+    && python -m proxy.compiled --require
 COPY deploy/relay.toml /etc/mixpanel-proxy/config.toml
 # The spool and the bundles' disk cache live here: give it a volume that outlives the container.
 VOLUME ["/var/lib/mixpanel-proxy"]

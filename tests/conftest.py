@@ -1,9 +1,11 @@
-"""Shared fixtures: three fake regional upstreams and a factory for relays pointed at them; and
-the test tiers (`slow`: see `pytest_collection_modifyitems`)."""
+"""Shared fixtures: three fake regional upstreams and a factory for relays pointed at them; the
+test tiers (`slow`: see `pytest_collection_modifyitems`); and which build runs (pure Python or
+compiled: see `pytest_sessionstart`)."""
 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from proxy.app import create_app
+from proxy.compiled import compiled_modules
 from proxy.config import parse_config
 from tests.support.edge_server import EdgeTestServer
 from tests.support.fake_cdn import FakeCdn
@@ -28,6 +31,30 @@ SLOW_FIXTURES = frozenset({"browser", "chromium_endpoint", "stack", "start_relay
 US_TOKEN = "tok_us_1234"
 EU_TOKEN = "tok_eu_5678"
 IN_TOKEN = "tok_in_9012"
+
+
+# Set by .ci/compiled-suite, which runs the suite against the compiled wheel's package.
+EXPECT_COMPILED = "MIXPANEL_PROXY_EXPECT_COMPILED"
+
+
+def pytest_report_header() -> str:
+    modules = compiled_modules()
+    return f"build: {sum(modules.values())} of {len(modules)} listed modules compiled"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Run against the build the run asked for, or not at all: .ci/compiled-suite proves the
+    compiled build only if the compiled modules are what got imported; any other run tests the
+    `.py` sources, and a stray compiled module (a `build_ext --inplace` in the checkout) would
+    shadow them without a word."""
+    modules = compiled_modules()
+    expect = os.environ.get(EXPECT_COMPILED) == "1"
+    wrong = sorted(name for name, compiled in modules.items() if compiled != expect)
+    if wrong:
+        import proxy
+        problem = ("not compiled" if expect else
+                   "imported as compiled extensions, shadowing their .py (delete the .so files)")
+        pytest.exit(f"{', '.join(wrong)}: {problem}; package at {proxy.__file__}", returncode=3)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterator
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "proxy"
@@ -102,7 +103,10 @@ def test_no_module_is_longer_than_a_reader_takes_in() -> None:
 
 
 def test_the_top_level_reads_as_the_data_path() -> None:
-    top = {path.name for path in PACKAGE.iterdir() if not path.name.startswith("__pycache__")}
-    assert top == {"__init__.py", "__main__.py", "cli.py", "app.py", "endpoints.py",
+    # compiled extensions (.ci/compiled-suite runs the suite over the compiled wheel) are builds
+    # of the modules listed here, not modules of their own
+    top = {path.name for path in PACKAGE.iterdir() if not path.name.startswith("__pycache__")
+           and not path.name.endswith(tuple(EXTENSION_SUFFIXES))}
+    assert top == {"__init__.py", "__main__.py", "cli.py", "app.py", "endpoints.py", "compiled.py",
                    "server", "relay", "decide", "codec", "upstream", "spool", "assets", "ops",
                    "config"}

@@ -8,10 +8,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class CodecError(Exception):
-    status = 400
-    reason = "bad_payload"   # a metrics label: closed set
+    status: ClassVar[int] = 400
+    reason: ClassVar[str] = "bad_payload"   # a metrics label: closed set
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -19,15 +21,15 @@ class CodecError(Exception):
 
 
 class PayloadTooLarge(CodecError):
-    status = 413
-    reason = "limit"
+    status: ClassVar[int] = 413
+    reason: ClassVar[str] = "limit"
 
 
 class TooManyRecords(CodecError):
-    status = 413
-    reason = "limit"
+    status: ClassVar[int] = 413
+    reason: ClassVar[str] = "limit"
 
 
 class UndecodablePayload(CodecError):
-    status = 400
-    reason = "bad_payload"
+    status: ClassVar[int] = 400
+    reason: ClassVar[str] = "bad_payload"

@@ -22,14 +22,14 @@ import base64
 import binascii
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 
 class MixedCredentials(Exception):
     """A mixed-project /import whose parts the relay cannot authenticate: answer 400."""
 
-    status = 400
-    reason = "mixed_import"
+    status: ClassVar[int] = 400
+    reason: ClassVar[str] = "mixed_import"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

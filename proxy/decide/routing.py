@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from mypy_extensions import mypyc_attr
 
 from ..codec import (
     GZIP_ENDPOINTS,
@@ -46,14 +48,16 @@ _LOCAL = ""          # the "region" of records answered locally
 class UnknownToken(Exception):
     """Strict mode met a token (or no token) that `[[projects]]` does not list: answer 403."""
 
-    status = 403
-    reason = "unknown_token"
+    status: ClassVar[int] = 403
+    reason: ClassVar[str] = "unknown_token"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
+# A Python class under mypyc too: the interpreted relay reads its fields (proxy/compiled.py)
+@mypyc_attr(native_class=False)
 @dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
 class RoutedRequest:
     """What routing needs to know of a request; built by the relay, never holds aiohttp objects."""
@@ -70,6 +74,8 @@ class RoutedRequest:
     part_limit: int = 0                     # a data body over it is sent in parts; 0: never
 
 
+# A Python class under mypyc too: the interpreted relay reads its fields (proxy/compiled.py)
+@mypyc_attr(native_class=False)
 @dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
 class Part:
     """One upstream request: the region and, when split, the rewritten body or query."""
@@ -83,6 +89,8 @@ class Part:
     authorization: str | None = None   # a split /import part's own credentials
 
 
+# A Python class under mypyc too: the interpreted relay reads its fields (proxy/compiled.py)
+@mypyc_attr(native_class=False)
 @dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
 class Plan:
     parts: tuple[Part, ...]            # empty: nothing to forward, the relay answers itself

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from .outbox import Outbox
 
@@ -38,6 +39,8 @@ class ExchangeError(Exception):
         self.retryable = retryable
 
 
+# A Python class under mypyc too: the interpreted relay reads its fields (proxy/compiled.py)
+@mypyc_attr(native_class=False)
 @dataclass(slots=True)
 class RawAnswer:
     status: int
