@@ -70,13 +70,17 @@ async def test_fleet_rate_holds_within_ten_percent(
     relays = await fleet(make_relay, limits(redis_server, ip_per_second=rate, ip_burst=rate))
     statuses: list[int] = []
     started = time.monotonic()
+    last_sent = started
 
     async def hammer(relay: Any) -> None:
-        while time.monotonic() - started < seconds:
+        nonlocal last_sent
+        while (now := time.monotonic()) - started < seconds:
+            last_sent = max(last_sent, now)
             statuses.append(await post_track(relay))
 
     await asyncio.gather(*(hammer(relay) for relay in relays))
-    elapsed = time.monotonic() - started
+    # Tokens that refill after the last request was sent are never asked for: not expected.
+    elapsed = last_sent - started
     expected = rate + rate * elapsed
     accepted = statuses.count(200)
     print(f"fleet rate: {accepted} accepted of {len(statuses)} in {elapsed:.2f} s, "
