@@ -37,6 +37,7 @@ from ..upstream.client import UpstreamFailure
 from . import answers
 from .answers import Answer
 from .handler import ApiRelay
+from .incoming import Incoming
 from .outcomes import Outcome
 from .ratelimit import RateLimiter
 
@@ -45,24 +46,11 @@ log = logging.getLogger("mixpanel_proxy.relay")
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
 
-class PlainRequest(Protocol):
+class PlainRequest(Incoming, Protocol):
     """What the plain path reads of a request: the edge's `LeanRequest`, its body whole."""
 
     @property
-    def method(self) -> str: ...
-    @property
-    def raw_path(self) -> str: ...
-    @property
-    def path(self) -> str: ...
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-    @property
-    def remote(self) -> str | None: ...
-    @property
-    def content_length(self) -> int | None: ...
-    @property
     def body(self) -> bytes: ...
-    async def read(self) -> bytes: ...
 
 
 class Reply(Protocol):
