@@ -26,6 +26,8 @@ MAX_RECORD_BYTES = 1024 * 1024     # Mixpanel: each record under 1 MB of uncompr
 _SEPARATOR = 3                     # a comma between records (percent-encoded: %2C)
 _IDENTITY = ("", "identity")
 _DEFLATE_CODINGS = ("gzip", "x-gzip", "deflate")
+_GZIP_CODINGS = ("gzip", "x-gzip")
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class SizedRequest(Protocol):
@@ -79,8 +81,9 @@ def _overhead(decoded: DecodedPayload) -> int:
 def oversize(request: SizedRequest) -> bool:
     """Whether a data request's body, inflated, passes its part limit (so it must be cut).
 
-    Only then is a body inflated here when routing would not decode it anyway: a plain body is
-    measured by its length, and gzip/deflate inflate at most 1032 times their size.
+    A body is inflated here only when nothing cheaper tells: a plain body is measured by its
+    length, gzip/deflate inflate at most 1032 times their size, and a gzip stream declares its
+    inflated size in its trailer.
     """
     limit = request.part_limit
     if not limit or request.endpoint not in DATA_ENDPOINTS or not request.body:
@@ -90,6 +93,9 @@ def oversize(request: SizedRequest) -> bool:
     coding = request.content_encoding.strip().lower()
     if coding in _IDENTITY or (coding in _DEFLATE_CODINGS and len(request.body) * 1032 <= limit):
         return False
+    if coding in _GZIP_CODINGS and (declared := gzip_size(request.body)) is not None \
+            and declared <= limit:
+        return False        # the stream says it is small: no inflate on the request path
     try:
         inflate(request.body, request.content_encoding, limit)
     except PayloadTooLarge:
@@ -97,3 +103,13 @@ def oversize(request: SizedRequest) -> bool:
     except CodecError:
         return False       # routing or the upstream names that flaw, not the size check
     return False
+
+
+def gzip_size(body: bytes) -> int | None:
+    """The inflated size a gzip stream declares in its trailer (RFC 1952 ISIZE, modulo 2^32), or
+    None when `body` is no gzip stream. Trusting it costs nothing safe: a stream that understates
+    its size (crafted, or several members) goes upstream whole, as it came, and the relay itself
+    never inflates it past a limit."""
+    if len(body) < 18 or not body.startswith(_GZIP_MAGIC):
+        return None
+    return int.from_bytes(body[-4:], "little")
