@@ -45,6 +45,17 @@ MODULES: tuple[str, ...] = (
     "proxy/server/edge/head.py",
     "proxy/server/edge/wire.py",
     "proxy/upstream/http1.py",
+    "proxy/upstream/outbox.py",
+    "proxy/upstream/pool.py",
+    "proxy/upstream/client.py",
+    "proxy/relay/answers.py",
+    "proxy/relay/outcomes.py",
+    "proxy/relay/handler.py",
+    "proxy/relay/plain.py",
+    "proxy/server/edge/connection.py",
+    "proxy/ops/tally.py",
+    "proxy/ops/health.py",
+    "proxy/ops/accesslog.py",
 )
 
 
