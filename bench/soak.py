@@ -10,12 +10,17 @@ side-by-side figure. Loopback only; every wrk run is bounded in time.
     python bench/soak.py [--duration 300] [--connections 1000] [--workers 2] [--interval 5]
                          [--nginx-duration SECONDS] [--out DIR]
 
-Per contender: req/s, p50/p99, errors (wrk's socket errors and non-2xx answers), CPU µs per
-request, and RSS at the first sample after the warm-up (the first 10% of the run), at the end,
+Per contender: req/s, p50/p99, errors (wrk's socket errors and non-2xx answers; its "timeout"
+counts answers that came after more than 2 s, not connections given up), CPU µs per request, and
+RSS at the first sample after the warm-up (the first 10% of the run), at the end,
 the peak, and the slope in MiB per minute of a least-squares line through the samples after the
 warm-up. The verdict is "flat" when the end is within 10% (or 8 MiB, whichever is larger) of the
 post-warm-up value and the slope is under 1 MiB/min. Also kept: the idle RSS before the load and
-a few seconds after it, and every sample (in the JSON).
+a few seconds after it, the open sockets (the client connections plus the upstream pool: /metrics
+has no connection count), RSS and sockets per process, the relay's own /metrics counts over the
+run (answers by status class, refusals, upstream failures and exchanges over 1 s), and every sample
+(in the JSON). The relay's config sets no connection cap ([server] has none; the listen backlog is
+2048), so 1,000 connections are all held: the sockets column shows them.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
+from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -47,6 +54,7 @@ from bench.servers import (  # noqa: E402
     relay_config,
 )
 from bench.workloads import Workload, workloads  # noqa: E402
+from tests.support.metrics import parse  # noqa: E402
 
 WARM_UP = 0.10                  # the first tenth of a run is warm-up: caches, pools, arenas fill
 FLAT_FRACTION = 0.10            # the end may sit this far from the post-warm-up value ...
@@ -57,10 +65,10 @@ SETTLE_S = 3.0                  # the idle sample after the load waits this long
 
 @dataclass(frozen=True)
 class Sample:
-    t: float                    # seconds since wrk started (negative: before it)
+    t: float                    # seconds since wrk started
     rss_mib: float              # the whole process tree
     sockets: int                # open sockets over the tree: the client connections show here
-    by_pid: dict[int, float]    # RSS per process: which one grows
+    by_pid: dict[int, tuple[float, int]]    # (RSS MiB, sockets) per process: which one grows
 
 
 @dataclass
@@ -73,13 +81,13 @@ class Soak:
     idle_before: Sample
     idle_after: Sample
     summary: dict[str, float | str] = field(default_factory=dict)
+    own_view: dict[str, float] = field(default_factory=dict)   # the relay's /metrics, over the run
 
 
 def memory_sample(root: int, t: float) -> Sample:
     """VmRSS and open sockets of `root`'s tree now (processes that exit meanwhile are skipped;
     the tree is walked afresh each time, so a restarted worker is counted)."""
-    by_pid: dict[int, float] = {}
-    sockets = 0
+    by_pid: dict[int, tuple[float, int]] = {}
     for pid in process_tree(root):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
@@ -87,9 +95,9 @@ def memory_sample(root: int, t: float) -> Sample:
             continue
         kib = next((int(line.split()[1]) for line in status.splitlines()
                     if line.startswith("VmRSS:")), 0)
-        by_pid[pid] = round(kib / 1024, 1)
-        sockets += open_sockets(pid)
-    return Sample(round(t, 1), round(sum(by_pid.values()), 1), sockets, by_pid)
+        by_pid[pid] = round(kib / 1024, 1), open_sockets(pid)
+    return Sample(round(t, 1), round(sum(rss for rss, _ in by_pid.values()), 1),
+                  sum(sockets for _, sockets in by_pid.values()), by_pid)
 
 
 def open_sockets(pid: int) -> int:
@@ -107,10 +115,33 @@ def open_sockets(pid: int) -> int:
     return count
 
 
+def relay_counts(metrics_url: str) -> dict[str, float]:
+    """What the relay's own /metrics says: answers by status class, its refusals, upstream
+    failures, and upstream exchanges over 1 s (wrk counts an answer over 2 s as a timeout)."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        samples = parse(response.read().decode())
+    counts: defaultdict[str, float] = defaultdict(float)
+    for (name, labels), value in samples.items():
+        label = dict(labels)
+        if name == "mixpanel_proxy_requests_total" and label.get("endpoint") == "track":
+            counts[f"answers_{label['status']}"] += value
+        elif name == "mixpanel_proxy_rejections_total":
+            counts["refused"] += value
+        elif name == "mixpanel_proxy_upstream_failures_total":
+            counts["upstream_failures"] += value
+        elif name == "mixpanel_proxy_upstream_seconds_count":
+            counts["upstream_over_1s"] += value
+        elif name == "mixpanel_proxy_upstream_seconds_bucket" and label.get("le") == "1.0":
+            counts["upstream_over_1s"] -= value
+    return dict(counts)
+
+
 def soak(contender: str, url: str, root: int, harness: list[int], workload: Workload,
-         script: Path, args: argparse.Namespace, duration: int) -> Soak:
+         script: Path, args: argparse.Namespace, duration: int, relay: bool = False) -> Soak:
     """wrk against `url` for `duration` s (run in a thread, through bench/measure.py's `measure`)
-    while `root`'s tree is sampled here every `args.interval` s."""
+    while `root`'s tree is sampled here every `args.interval` s; a `relay`'s /metrics is read
+    before and after."""
+    counts_before = relay_counts(url + "/metrics") if relay else {}
     idle_before = memory_sample(root, 0.0)
     samples: list[Sample] = []
     with ThreadPoolExecutor(1) as pool:
@@ -128,6 +159,10 @@ def soak(contender: str, url: str, root: int, harness: list[int], workload: Work
     idle_after = memory_sample(root, time.monotonic() - started)
     report = Soak(contender, duration, args.connections, result, samples, idle_before,
                   idle_after)
+    if relay:
+        counts = relay_counts(url + "/metrics")
+        report.own_view = {key: round(value - counts_before.get(key, 0.0))
+                           for key, value in sorted(counts.items())}
     report.summary = summarize(samples, duration)
     return report
 
@@ -167,17 +202,33 @@ def markdown(soaks: list[Soak], before: dict[str, str], after: dict[str, str],
         r, f = s.result, s.summary
         lines.append(
             f"| {s.contender} | {s.duration_s} | {r.requests_per_s:,.0f} | {r.p50_ms:.1f} "
-            f"| {r.p99_ms:.1f} | {r.errors} | {r.cpu_us_per_request:.0f} | {r.others_cpu_pct:.0f} "
+            f"| {r.p99_ms:.1f} | {_errors(r)} | {r.cpu_us_per_request:.0f} "
+            f"| {r.others_cpu_pct:.0f} "
             f"| {s.idle_before.rss_mib:.1f} | {_mib(f, 'rss_after_warm_up_mib')} "
             f"| {_mib(f, 'rss_end_mib')} | {_mib(f, 'rss_peak_mib')} "
             f"| {s.idle_after.rss_mib:.1f} | {f.get('slope_mib_per_min', '—')} "
             f"| {f.get('sockets_peak', '—')} | {f['verdict']} |")
     lines.append("")
-    for s in soaks:
-        lines.append(f"- {s.contender}: {s.summary['verdict']}: {s.summary['why']}. RSS MiB per "
-                     "sample: "
-                     + " ".join(f"{sample.rss_mib:.0f}" for sample in s.samples))
+    lines += [_details(s) for s in soaks]
     return "\n".join(lines)
+
+
+def _details(soak: Soak) -> str:
+    """The verdict's reasons, every sample, who holds the memory and the relay's own counts."""
+    last = soak.samples[-1].by_pid if soak.samples else {}
+    line = (f"- {soak.contender}: {soak.summary['verdict']}: {soak.summary['why']}. RSS MiB per "
+            "sample: " + " ".join(f"{sample.rss_mib:.0f}" for sample in soak.samples)
+            + ". At the end, per process (MiB / sockets): "
+            + ", ".join(f"{rss:.1f} / {sockets}" for rss, sockets in last.values()))
+    if soak.own_view:
+        line += ". Its /metrics over the run: " + ", ".join(
+            f"{key} {value:.0f}" for key, value in soak.own_view.items())
+    return line + "."
+
+
+def _errors(result: Result) -> str:
+    kinds = ", ".join(f"{kind} {count}" for kind, count in result.error_kinds.items())
+    return f"{result.errors} ({kinds})" if kinds else str(result.errors)
 
 
 def _mib(summary: dict[str, float | str], key: str) -> str:
@@ -204,7 +255,7 @@ def run_all(work: Path, args: argparse.Namespace) -> list[Soak]:
         relay_pid = stack.enter_context(relay(
             work / "relay", relay_config(port, ports, args.workers, RelaySetup(), tls), port))
         soaks.append(soak("relay", f"http://127.0.0.1:{port}", relay_pid, harness, track,
-                          script, args, args.duration))
+                          script, args, args.duration, relay=True))
         if args.nginx_duration > 0:
             soaks.append(soak("nginx", f"http://127.0.0.1:{ports.nginx}", nginx_pid, harness,
                               track, script, args, args.nginx_duration))
