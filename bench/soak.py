@@ -120,7 +120,8 @@ def relay_counts(metrics_url: str) -> dict[str, float]:
     failures, and upstream exchanges over 1 s (wrk counts an answer over 2 s as a timeout)."""
     with urllib.request.urlopen(metrics_url, timeout=10) as response:
         samples = parse(response.read().decode())
-    counts: defaultdict[str, float] = defaultdict(float)
+    counts: defaultdict[str, float] = defaultdict(
+        float, {"refused": 0.0, "upstream_failures": 0.0, "upstream_over_1s": 0.0})
     for (name, labels), value in samples.items():
         label = dict(labels)
         if name == "mixpanel_proxy_requests_total" and label.get("endpoint") == "track":
