@@ -22,6 +22,7 @@ import string
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -127,7 +128,7 @@ def main() -> None:
         ("record 1 MB raw JSON body, policy on (never decoded)", replay_request(raw_replay),
          router(POLICY, projects=True)),
     ]
-    results = [measure(name, len(request.body), lambda r=request, p=planner: p.plan(r), seconds)
+    results = [measure(name, len(request.body), partial(planner.plan, request), seconds)
                for name, request, planner in plans]
     results.append(measure("record 1 MB raw JSON if decoded + re-encoded (not done)",
                            len(raw_replay), lambda: _reencode(raw_replay, ""), seconds))

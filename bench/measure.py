@@ -8,7 +8,8 @@ import re
 import resource
 import statistics
 import subprocess
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -25,6 +26,7 @@ class Result:
     errors: int
     mb_per_s: float = 0.0
     others_cpu_pct: float = 0.0         # the machine's CPU used by processes outside the run
+    error_kinds: dict[str, int] = field(default_factory=dict)   # wrk's counts, by kind
 
 
 def process_tree(root: int) -> list[int]:
@@ -93,11 +95,19 @@ def run_wrk(url: str, script: Path, connections: int, duration: float) -> dict[s
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if rate is None:
         raise RuntimeError(f"wrk printed no rate for {url}:\n{out}")
-    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    kinds = error_kinds(out)
     return {"rate": float(rate.group(1)), "p50": _percentile(out, "50"),
-            "p99": _percentile(out, "99"),
-            "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}
+            "p99": _percentile(out, "99"), "errors": sum(kinds.values()),
+            **{f"error_{kind}": float(count) for kind, count in kinds.items()}}
+
+
+def error_kinds(out: str) -> dict[str, int]:
+    """wrk's socket errors (connect, read, write, timeout) and non-2xx/3xx answers, the non-zero
+    ones."""
+    kinds = {kind: int(n) for kind, n in re.findall(r"(connect|read|write|timeout) (\d+)", out)}
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    kinds["non_2xx"] = int(non2xx.group(1)) if non2xx else 0
+    return {kind: count for kind, count in kinds.items() if count}
 
 
 def _percentile(out: str, which: str) -> float:
@@ -129,7 +139,9 @@ def measure(scenario: str, contender: str, url: str, script: Path, connections: 
     return Result(scenario, contender, round(stats["rate"], 1), stats["p50"], stats["p99"],
                   round(cpu / max(requests, 1) * 1e6, 1), int(stats["errors"]),
                   round(stats["rate"] * body_size / 1e6, 1),
-                  round(max(0.0, 100 * others * CLK_TCK / max(total_after - total_before, 1))))
+                  round(max(0.0, 100 * others * CLK_TCK / max(total_after - total_before, 1))),
+                  {key.removeprefix("error_"): int(value) for key, value in stats.items()
+                   if key.startswith("error_")})
 
 
 def median_result(runs: list[Result]) -> Result:
@@ -142,4 +154,5 @@ def median_result(runs: list[Result]) -> Result:
                   statistics.median(r.cpu_us_per_request for r in runs),
                   sum(r.errors for r in runs),
                   statistics.median(r.mb_per_s for r in runs),
-                  statistics.median(r.others_cpu_pct for r in runs))
+                  statistics.median(r.others_cpu_pct for r in runs),
+                  dict(sum((Counter(r.error_kinds) for r in runs), Counter())))
