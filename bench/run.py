@@ -6,7 +6,8 @@ hurts all of them alike, and reports the median req/s, p50/p99 latency, CPU per 
 model, the core count and the machine's load. Loopback only; every wrk run is bounded in time.
 
     python bench/run.py [--duration 8] [--runs 3] [--workers 2] [--only track,track_https,...]
-                        [--python /path/to/python] [--coalesce]
+                        [--python /path/to/python] [--coalesce] [--compiled]
+                        [--before CHECKOUT]
 
 Scenarios (the first contender of each is its baseline; `front` is set beside `nginx_tls`):
   track, track_c10, record, bundle   plain HTTP upstream, access logs off (as before, for
@@ -22,6 +23,11 @@ Scenarios (the first contender of each is its baseline; `front` is set beside `n
   front_https      what a TLS deployment runs: the shipped front (its own access log) and the relay
                    (access log off, ca_file) with the HTTPS upstream, against nginx doing the same
                    job alone: TLS in with the front's TLS settings and log line, HTTPS out.
+Builds: the relay runs from this checkout (pure Python, what `pip install .` gives) unless
+`--compiled`, which builds the compiled wheel's package (.ci/compiled-tree: what the Docker image
+and `MIXPANEL_PROXY_COMPILE=1 pip install .` ship) into the run's scratch directory and runs
+every relay contender from it, with the pure build beside it as `relay_pure` in the track
+scenarios. The header names the build.
 The fake upstream and CDN are a separate nginx, so the upstream is never the bottleneck and its CPU
 is never counted. The "others' CPU %" column is the machine's CPU used during a run by processes
 outside it (neighbours on a shared machine): quote rows where it stays near 0.
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -62,7 +69,7 @@ from bench.servers import (  # noqa: E402
     relay,
     relay_config,
 )
-from bench.workloads import Workload, workloads  # noqa: E402
+from bench.workloads import ROOT, Workload, workloads  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ class Lab:
         self.started: dict[str, Contender] = {}
         self.harness: list[int] = []            # the fake upstream's processes
         self.relays: dict[RelaySetup, tuple[int, list[int]]] = {}
+        self.tree = compiled_tree(work / "compiled") if args.compiled else ROOT
 
     def __getitem__(self, name: str) -> Contender:
         if name not in self.started:
@@ -118,7 +126,9 @@ class Lab:
                                        self.args.python))
             return f"http://127.0.0.1:{port}", pids
         if name == "relay_before":
-            return self._relay_before()
+            return self._relay_from("relay-before", Path(self.args.before))
+        if name == "relay_pure":
+            return self._relay_from("relay-pure", ROOT)
         setups = {"relay": RelaySetup(), "relay_https": RelaySetup(https=True),
                   "relay_logged": RelaySetup(default_log=True), "front": RelaySetup(),
                   "front_https": RelaySetup(https=True)}
@@ -128,13 +138,13 @@ class Lab:
         front_port, front_pid = self.stack.enter_context(front(port))
         return f"https://127.0.0.1:{front_port}", relay_pids + process_tree(front_pid)
 
-    def _relay_before(self) -> Contender:
-        """The plain relay from the `--before` checkout, on the same config and upstream."""
+    def _relay_from(self, name: str, checkout: Path) -> Contender:
+        """The plain relay from another checkout (`--before`, or the pure build beside the
+        compiled one), on the same config and upstream."""
         self._baselines()
         port = free_port()
         config = relay_config(port, self.ports, self.args.workers, RelaySetup(), self.tls)
-        pids = self._enter(relay(self.work / "relay-before", config, port, self.args.python,
-                                 Path(self.args.before)))
+        pids = self._enter(relay(self.work / name, config, port, self.args.python, checkout))
         return f"http://127.0.0.1:{port}", pids
 
     def _baselines(self) -> None:
@@ -159,8 +169,16 @@ class Lab:
             port = free_port()
             config = relay_config(port, self.ports, self.args.workers, setup, self.tls)
             workdir = self.work / f"relay-{len(self.relays)}"
-            self.relays[setup] = port, self._enter(relay(workdir, config, port, self.args.python))
+            self.relays[setup] = port, self._enter(relay(workdir, config, port, self.args.python,
+                                                         self.tree))
         return self.relays[setup]
+
+
+def compiled_tree(target: Path) -> Path:
+    """The compiled build of this checkout, unpacked beside its tests (.ci/compiled-tree)."""
+    subprocess.run(["bash", str(ROOT / ".ci" / "compiled-tree"), str(target)], check=True,
+                   stdout=subprocess.DEVNULL, timeout=900)
+    return target
 
 
 def run_scenario(name: str, scenario: Scenario, workload: Workload, lab: Lab,
@@ -181,7 +199,8 @@ def run_scenario(name: str, scenario: Scenario, workload: Workload, lab: Lab,
 
 def header(before: dict[str, str], after: dict[str, str], args: argparse.Namespace) -> str:
     return (f"CPU: {before['cpu']}, {before['cores']} cores; load average {before['loadavg']} "
-            f"before, {after['loadavg']} after; {args.workers} relay workers, {args.runs} "
+            f"before, {after['loadavg']} after; {args.workers} relay workers "
+            f"({'compiled' if args.compiled else 'pure Python'} build), {args.runs} "
             f"alternating runs of {args.duration} s each, medians; wrk -t2.")
 
 
@@ -235,6 +254,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--before", metavar="CHECKOUT",
                         help="also run the plain relay from another checkout (e.g. a worktree of "
                              "the last release) as `relay_before` in the track scenarios")
+    parser.add_argument("--compiled", action="store_true",
+                        help="run the relay contenders from the compiled build (the Docker "
+                             "image's), with the pure build beside it as `relay_pure`")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     unknown = set(args.only.split(",")) - set(SCENARIOS)
@@ -252,8 +274,10 @@ def main() -> int:
         loads = workloads(lab.static)
         for name in args.only.split(","):
             scenario = SCENARIOS[name]
-            if args.before and "relay" in scenario.contenders:
-                scenario = Scenario(scenario.workload, (*scenario.contenders, "relay_before"))
+            extra = (("relay_pure",) if args.compiled else ()) + \
+                (("relay_before",) if args.before else ())
+            if "relay" in scenario.contenders:
+                scenario = Scenario(scenario.workload, (*scenario.contenders, *extra))
             results += run_scenario(name, scenario, loads[scenario.workload], lab, args)
     report = header(before, machine(), args) + "\n\n" + markdown(results)
     print(report)

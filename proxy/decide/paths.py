@@ -10,16 +10,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mypy_extensions import mypyc_attr
-
 from ..endpoints import ENDPOINTS, REGIONS, Endpoint
 
 _FLAG_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 
 
-# A Python class under mypyc too: the interpreted relay reads its fields (proxy/compiled.py)
-@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True)
 class PathMatch:
     endpoint: Endpoint

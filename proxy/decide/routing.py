@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from mypy_extensions import mypyc_attr
-
 from ..codec import (
     GZIP_ENDPOINTS,
     DecodedPayload,
@@ -56,8 +54,6 @@ class UnknownToken(Exception):
         self.message = message
 
 
-# A Python class under mypyc too: the interpreted relay reads its fields (proxy/compiled.py)
-@mypyc_attr(native_class=False)
 @dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
 class RoutedRequest:
     """What routing needs to know of a request; built by the relay, never holds aiohttp objects."""
@@ -74,8 +70,6 @@ class RoutedRequest:
     part_limit: int = 0                     # a data body over it is sent in parts; 0: never
 
 
-# A Python class under mypyc too: the interpreted relay reads its fields (proxy/compiled.py)
-@mypyc_attr(native_class=False)
 @dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
 class Part:
     """One upstream request: the region and, when split, the rewritten body or query."""
@@ -89,8 +83,6 @@ class Part:
     authorization: str | None = None   # a split /import part's own credentials
 
 
-# A Python class under mypyc too: the interpreted relay reads its fields (proxy/compiled.py)
-@mypyc_attr(native_class=False)
 @dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
 class Plan:
     parts: tuple[Part, ...]            # empty: nothing to forward, the relay answers itself

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import cast
 
 import httptools
-from mypy_extensions import mypyc_attr
 
 from .outbox import Outbox
 
@@ -40,8 +39,6 @@ class ExchangeError(Exception):
         self.retryable = retryable
 
 
-# A Python class under mypyc too: the interpreted relay reads its fields (proxy/compiled.py)
-@mypyc_attr(native_class=False)
 @dataclass(slots=True)
 class RawAnswer:
     status: int

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
-from mypy_extensions import mypyc_attr
 
 from ...decide.paths import PathMatch
 from ..limits import MAX_FIELDS, MAX_HEAD
@@ -37,8 +36,6 @@ _PLAIN_METHODS = {b"GET": "GET", b"POST": "POST", b"OPTIONS": "OPTIONS"}
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^\x00-\x20\x7f]+ HTTP/[0-9]\.[0-9]\r\n")
 
 
-# A Python class under mypyc too: the interpreted relay reads its fields (proxy/compiled.py)
-@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """An answer the edge makes itself, then closes: status, JSON message, metric reason."""
@@ -63,8 +60,6 @@ CODING_ON_HTTP10 = Refusal(400, "Transfer-Encoding on an HTTP/1.0 request")
 BAD_CODING = Refusal(400, "the only Transfer-Encoding served is chunked")
 
 
-# A Python class under mypyc too: the interpreted relay reads its fields (proxy/compiled.py)
-@mypyc_attr(native_class=False)
 @dataclass(slots=True)
 class Head:
     method: str

@@ -12,7 +12,6 @@ from email.utils import formatdate
 from http import HTTPStatus
 
 from multidict import CIMultiDictProxy
-from mypy_extensions import mypyc_attr
 
 from ...relay.answers import SERVER, Answer
 
@@ -20,8 +19,6 @@ _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _EMPTY_BODY = frozenset({204, 304})
 
 
-# A Python class under mypyc too: the interpreted relay reads its fields (proxy/compiled.py)
-@mypyc_attr(native_class=False)
 class LeanRequest:
     """One request the edge parsed itself: its body is already whole."""
 
