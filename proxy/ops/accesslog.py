@@ -25,6 +25,7 @@ from prometheus_client import Counter
 from ..config import Config
 from ..endpoints import ROOT_ALIASES
 from ..relay.incoming import Incoming
+from .logs import access_writer
 from .metrics import Metrics
 
 __all__ = [
@@ -171,6 +172,10 @@ class AccessRecorder:
         if self._log_enabled and ACCESS_LOGGER.isEnabledFor(logging.INFO):
             line = access_line(request, facts, status, size, time.perf_counter() - started,
                                self._anonymize)
+            writer = access_writer()
+            if writer is not None:      # the lines of a turn in one write (logs.py)
+                writer.write(line)
+                return
             # A record made directly: Logger.info() would walk the stack to find its caller
             # on every request (findCaller), which costs more than the line itself.
             ACCESS_LOGGER.handle(logging.LogRecord(

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ..app import create_app
 from ..config import Config
+from ..ops.logs import flush_access_lines
 from .edge import EdgeSite
 
 log = logging.getLogger("mixpanel_proxy.worker")
@@ -59,6 +60,7 @@ def run_worker(config: Config, sock: socket.socket, ready_fd: int, parent_pid: i
         return loop.run_until_complete(_serve(config, sock, ready_fd, parent_pid))
     finally:
         loop.close()
+        flush_access_lines()     # the last turn's, before the process ends (os._exit)
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:

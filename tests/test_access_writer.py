@@ -1,0 +1,120 @@
+"""Access lines around the logging module (ops/logs.py AccessWriter): the lines of one turn of
+the loop in one write, formatted as the handler would, in order with every other line, and
+through logging whenever anyone else listens."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from proxy.config import parse_config
+from proxy.ops import logs
+from proxy.ops.accesslog import ACCESS_LOGGER
+
+
+class CountingStream(io.StringIO):
+    """stderr as the handler sees it, counting the writes that reach it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest.fixture
+def stream() -> Iterator[CountingStream]:
+    """setup_logging's handler on a counting stream; the root logger restored afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    counting = CountingStream()
+    yield counting
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    logs._writer[0] = None
+
+
+def access(n: int) -> str:
+    return f'{{"endpoint":"track","status":200,"n":{n}}}'
+
+
+async def test_one_turns_lines_reach_stderr_in_one_write(stream: CountingStream) -> None:
+    logs.setup_logging(parse_config({}).log, stream)
+    writer = logs.access_writer()
+    assert writer is not None
+    for n in range(20):
+        writer.write(access(n))
+    assert stream.writes == 0                      # nothing before the turn ends
+    await asyncio.sleep(0)
+    assert stream.writes == 1
+    assert stream.getvalue().splitlines() == [access(n) for n in range(20)]
+
+
+async def test_json_mode_splices_level_and_logger_as_the_formatter_does(
+        stream: CountingStream) -> None:
+    logs.setup_logging(parse_config({"log": {"format": "json"}}).log, stream)
+    writer = logs.access_writer()
+    assert writer is not None
+    writer.write(access(1))
+    await asyncio.sleep(0)
+    assert json.loads(stream.getvalue()) == {"level": "info", "logger": ACCESS_LOGGER.name,
+                                             "endpoint": "track", "status": 200, "n": 1}
+
+
+async def test_another_line_goes_after_the_access_lines_waiting(stream: CountingStream) -> None:
+    logs.setup_logging(parse_config({}).log, stream)
+    writer = logs.access_writer()
+    assert writer is not None
+    writer.write(access(1))
+    logging.getLogger("mixpanel_proxy.relay").warning("upstream slow")
+    writer.write(access(2))
+    await asyncio.sleep(0)
+    assert stream.getvalue().splitlines() == [access(1), "upstream slow", access(2)]
+
+
+def test_without_a_loop_a_line_is_written_at_once(stream: CountingStream) -> None:
+    logs.setup_logging(parse_config({}).log, stream)
+    writer = logs.access_writer()
+    assert writer is not None
+    writer.write(access(1))
+    assert stream.getvalue() == access(1) + "\n"
+
+
+class Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.mark.parametrize("listener", ["root", "access"])
+def test_another_handler_gets_the_lines_through_logging(stream: CountingStream,
+                                                        listener: str) -> None:
+    logs.setup_logging(parse_config({}).log, stream)
+    capture = Capture()
+    logger = logging.getLogger() if listener == "root" else ACCESS_LOGGER
+    logger.addHandler(capture)
+    try:
+        assert logs.access_writer() is None
+        recorder_line = access(1)
+        ACCESS_LOGGER.info(recorder_line)       # what AccessRecorder.record then does
+        assert capture.lines == [recorder_line]
+    finally:
+        logger.removeHandler(capture)
+    assert logs.access_writer() is not None
+
+
+def test_before_setup_logging_there_is_no_writer(stream: CountingStream) -> None:
+    assert logs.access_writer() is None
