@@ -1,6 +1,7 @@
-"""Access lines around the logging module (ops/logs.py AccessWriter): the lines of one turn of
-the loop in one write, formatted as the handler would, in order with every other line, and
-through logging whenever anyone else listens."""
+"""Access lines around the logging module (ops/logs.py AccessWriter): written together soon
+(one write for all the lines of FLUSH_SECONDS, or at once past FLUSH_BYTES), formatted as the
+handler would, in order with every other line, and through logging whenever anyone else
+listens."""
 
 from __future__ import annotations
 
@@ -48,16 +49,47 @@ def access(n: int) -> str:
     return f'{{"endpoint":"track","status":200,"n":{n}}}'
 
 
-async def test_one_turns_lines_reach_stderr_in_one_write(stream: CountingStream) -> None:
+WRITTEN = logs.FLUSH_SECONDS * 2 + 0.05     # surely past the flush, on a busy machine too
+
+
+async def test_lines_reach_stderr_together_soon(stream: CountingStream) -> None:
     logs.setup_logging(parse_config({}).log, stream)
     writer = logs.access_writer()
     assert writer is not None
     for n in range(20):
         writer.write(access(n))
-    assert stream.writes == 0                      # nothing before the turn ends
-    await asyncio.sleep(0)
+        await asyncio.sleep(0)                     # each in a turn of its own
+    assert stream.writes == 0
+    await asyncio.sleep(WRITTEN)
     assert stream.writes == 1
     assert stream.getvalue().splitlines() == [access(n) for n in range(20)]
+
+
+async def test_past_flush_bytes_the_lines_are_written_at_once(stream: CountingStream) -> None:
+    logs.setup_logging(parse_config({}).log, stream)
+    writer = logs.access_writer()
+    assert writer is not None
+    line = access(1)
+    count = logs.FLUSH_BYTES // len(line) + 2
+    for _ in range(count):
+        writer.write(line)
+    assert stream.writes == 1                      # no wait: the buffer is bounded
+    written = stream.getvalue().count("\n")
+    assert count - 2 <= written < count            # the rest waits for the next flush
+
+
+def test_flush_access_lines_writes_what_waits(stream: CountingStream) -> None:
+    async def write_and_stop() -> None:
+        logs.setup_logging(parse_config({}).log, stream)
+        writer = logs.access_writer()
+        assert writer is not None
+        writer.write(access(1))
+        writer.write(access(2))
+
+    asyncio.run(write_and_stop())                 # the loop ends before the flush is due
+    assert stream.writes == 0
+    logs.flush_access_lines()                     # what a worker does last
+    assert stream.getvalue().splitlines() == [access(1), access(2)]
 
 
 async def test_json_mode_splices_level_and_logger_as_the_formatter_does(
@@ -66,7 +98,7 @@ async def test_json_mode_splices_level_and_logger_as_the_formatter_does(
     writer = logs.access_writer()
     assert writer is not None
     writer.write(access(1))
-    await asyncio.sleep(0)
+    await asyncio.sleep(WRITTEN)
     assert json.loads(stream.getvalue()) == {"level": "info", "logger": ACCESS_LOGGER.name,
                                              "endpoint": "track", "status": 200, "n": 1}
 
@@ -78,7 +110,7 @@ async def test_another_line_goes_after_the_access_lines_waiting(stream: Counting
     writer.write(access(1))
     logging.getLogger("mixpanel_proxy.relay").warning("upstream slow")
     writer.write(access(2))
-    await asyncio.sleep(0)
+    await asyncio.sleep(WRITTEN)
     assert stream.getvalue().splitlines() == [access(1), "upstream slow", access(2)]
 
 

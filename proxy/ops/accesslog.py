@@ -231,7 +231,7 @@ def access_middleware(recorder: AccessRecorder, ops_paths: Collection[str],
 def access_line(request: Incoming, facts: RequestFacts, status: int, size: int,
                 elapsed: float, anonymize: Anonymizer) -> str:
     """One JSON object. Closed-set values are written directly; client-chosen text is escaped."""
-    path = json.dumps(request.path[:_MAX_PATH])
+    path = _json_string(request.path[:_MAX_PATH])
     client_ip = anonymize(facts.client_ip or request.remote or "")
     # The method is an HTTP token (aiohttp's parser guarantees it): no quote or backslash.
     return (
@@ -240,20 +240,39 @@ def access_line(request: Incoming, facts: RequestFacts, status: int, size: int,
         f'"reason":"{facts.reason}","bytes_in":{_bytes_in(request, facts)},'
         f'"bytes_out":{size},"duration_ms":{elapsed * 1000:.2f},'
         f'"upstream_ms":{facts.upstream_seconds * 1000:.2f},'
-        f'"client_ip":{json.dumps(client_ip)},"path":{path},"outcome":"{facts.outcome}"}}'
+        f'"client_ip":{_json_string(client_ip)},"path":{path},"outcome":"{facts.outcome}"}}'
     )
 
 
+_QUOTED_KEPT = 4096
+_quoted: dict[str, str] = {}
+
+
+def _json_string(text: str) -> str:
+    """`json.dumps(text)`, remembered: the same paths and (truncated) client IPs come back line
+    after line. Client-chosen text, so the memory is bounded: cleared when full."""
+    found = _quoted.get(text)
+    if found is None:
+        if len(_quoted) >= _QUOTED_KEPT:
+            _quoted.clear()
+        found = _quoted[text] = json.dumps(text)
+    return found
+
+
 _second: list[Any] = [-1, ""]     # the last whole second formatted, and its text
+_milli: list[Any] = [-1, ""]      # the last millisecond formatted, and its text
 
 
 def _timestamp() -> str:
-    """ISO 8601 UTC with milliseconds; the seconds part is formatted once per second."""
-    now = time.time()
-    whole = int(now)
-    if whole != _second[0]:
-        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-    return f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
+    """ISO 8601 UTC with milliseconds; formatted once per millisecond (lines come faster)."""
+    milli = int(time.time() * 1000)
+    if milli != _milli[0]:
+        whole = milli // 1000
+        if whole != _second[0]:
+            _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                          time.gmtime(whole))
+        _milli[0], _milli[1] = milli, f"{_second[1]}.{milli % 1000:03d}Z"
+    return str(_milli[1])
 
 
 def _bytes_in(request: Incoming, facts: RequestFacts) -> int:

@@ -8,9 +8,10 @@ Access lines skip the logging module when they can (`AccessWriter`): through it,
 /track request more than a tenth of its CPU (a LogRecord, the handler's lock, the formatter, and
 a write and a flush of its own on stderr, which Python line-buffers). While the access logger's
 lines go only where `setup_logging` sent every line, the writer formats each as that handler
-would and writes the lines of one turn of the event loop together, in one write. Any other
-handler (a test's capture, an application embedding the relay) gets them through logging, as
-before. Order: another line (a warning) written in the same turn goes after the access lines
+would and writes them together: at most FLUSH_SECONDS after the first of them, or at once past
+FLUSH_BYTES (nginx's `access_log ... buffer= flush=`, with a far shorter wait), and before the
+worker ends. Any other handler (a test's capture, an application embedding the relay) gets them
+through logging, as before. Order: any other line (a warning) goes after the access lines
 already waiting (the handler's filter writes them first).
 """
 
@@ -29,6 +30,8 @@ __all__ = ["AccessWriter", "JsonFormatter", "access_writer", "announce", "flush_
            "setup_logging"]
 
 _ACCESS = "mixpanel_proxy.access"
+FLUSH_SECONDS = 0.1       # an access line waits at most this long to be written
+FLUSH_BYTES = 64 * 1024   # ... or until this much is waiting
 _json_mode = [False]
 
 
@@ -52,15 +55,15 @@ def _access_json(line: str) -> str:
 
 
 class AccessWriter:
-    """Access lines of one turn of the loop, written together at its end (see the module's
-    docstring)."""
+    """Access lines written together, soon (see the module's docstring)."""
 
-    __slots__ = ("_handler", "_json", "_lines", "_loop")
+    __slots__ = ("_handler", "_json", "_lines", "_size", "_loop")
 
     def __init__(self, handler: logging.StreamHandler[TextIO], json_mode: bool) -> None:
         self._handler = handler
         self._json = json_mode
         self._lines: list[str] = []
+        self._size = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def takes(self) -> bool:
@@ -76,6 +79,9 @@ class AccessWriter:
             self._write(line + "\n")
             return
         self._lines.append(line)
+        self._size += len(line)
+        if self._size > FLUSH_BYTES:
+            self.flush()
 
     def _schedule(self) -> bool:
         loop = self._loop
@@ -84,12 +90,12 @@ class AccessWriter:
                 loop = self._loop = asyncio.get_running_loop()
             except RuntimeError:        # no loop (a command): at once
                 return False
-        loop.call_soon(self.flush)
+        loop.call_later(FLUSH_SECONDS, self.flush)
         return True
 
     def flush(self) -> None:
         if self._lines:
-            lines, self._lines = self._lines, []
+            lines, self._lines, self._size = self._lines, [], 0
             self._write("\n".join(lines) + "\n")
 
     def _write(self, text: str) -> None:
