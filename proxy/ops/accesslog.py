@@ -228,20 +228,22 @@ def access_middleware(recorder: AccessRecorder, ops_paths: Collection[str],
     return middleware
 
 
+# One %-format rather than an f-string: compiled (proxy/compiled.py), an f-string's `:.2f`
+# fields cost twice what the interpreter pays, and `%` costs the same in both builds.
+_LINE = ('{"time":"%s","method":"%s","endpoint":"%s","region":"%s","status":%d,"reason":"%s",'
+         '"bytes_in":%d,"bytes_out":%d,"duration_ms":%.2f,"upstream_ms":%.2f,"client_ip":%s,'
+         '"path":%s,"outcome":"%s"}')
+
+
 def access_line(request: Incoming, facts: RequestFacts, status: int, size: int,
                 elapsed: float, anonymize: Anonymizer) -> str:
     """One JSON object. Closed-set values are written directly; client-chosen text is escaped."""
     path = _json_string(request.path[:_MAX_PATH])
     client_ip = anonymize(facts.client_ip or request.remote or "")
     # The method is an HTTP token (aiohttp's parser guarantees it): no quote or backslash.
-    return (
-        f'{{"time":"{_timestamp()}","method":"{request.method}",'
-        f'"endpoint":"{facts.endpoint}","region":"{facts.region}","status":{status},'
-        f'"reason":"{facts.reason}","bytes_in":{_bytes_in(request, facts)},'
-        f'"bytes_out":{size},"duration_ms":{elapsed * 1000:.2f},'
-        f'"upstream_ms":{facts.upstream_seconds * 1000:.2f},'
-        f'"client_ip":{_json_string(client_ip)},"path":{path},"outcome":"{facts.outcome}"}}'
-    )
+    return _LINE % (_timestamp(), request.method, facts.endpoint, facts.region, status,
+                    facts.reason, _bytes_in(request, facts), size, elapsed * 1000,
+                    facts.upstream_seconds * 1000, _json_string(client_ip), path, facts.outcome)
 
 
 _QUOTED_KEPT = 4096
