@@ -56,6 +56,7 @@ MODULES: tuple[str, ...] = (
     "proxy/ops/tally.py",
     "proxy/ops/health.py",
     "proxy/ops/accesslog.py",
+    "proxy/ops/logs.py",
 )
 
 

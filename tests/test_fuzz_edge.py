@@ -125,7 +125,7 @@ def run_edge(edge: Edge, handed: list[HandedOver], pieces: list[bytes]) -> EdgeO
     handed.clear()
     transport = FakeTransport()
     probe = FramingProbe(edge)
-    transport.attach(probe)
+    transport.attach(probe.as_protocol())
     for piece in pieces:
         if transport.closed:
             break

@@ -55,8 +55,13 @@ class _StopParsing(Exception):
     (or none is waiting), and the connection is closed."""
 
 
-class _Connection(asyncio.Protocol):
-    """One upstream connection: a transport, an llhttp parser, at most one exchange at a time."""
+class _Connection:
+    """One upstream connection: a transport, an llhttp parser, at most one exchange at a time.
+
+    An asyncio protocol by its methods, not by deriving from asyncio.Protocol: compiled
+    (proxy/compiled.py), a class that derives from a Python class keeps its attributes in a
+    dict, and this one's are read and written on every exchange. `as_protocol` gives it to
+    asyncio."""
 
     def __init__(self, outbox: Outbox | None = None) -> None:
         """`outbox`: requests are written at the end of the loop's turn (outbox.py); None:
@@ -86,10 +91,22 @@ class _Connection(asyncio.Protocol):
         self._chunked = False       # it said Transfer-Encoding: chunked
         self._keep_alive = False
 
+    def as_protocol(self) -> asyncio.Protocol:
+        return cast(asyncio.Protocol, self)
+
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports quack like asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+
+    def eof_received(self) -> bool | None:
+        return None                     # the transport closes; connection_lost follows
+
+    def pause_writing(self) -> None:
+        """A request is written whole; the next waits for this one's answer anyway."""
+
+    def resume_writing(self) -> None:
+        pass
 
     def data_received(self, data: bytes) -> None:
         if self._done is None:

@@ -188,10 +188,11 @@ class ConnectionPool:
     async def _connect(self, deadline: float) -> _Connection:
         loop = self._loop
         limit = loop.time() + self._connect_timeout
+        connection = _Connection(self._outbox)
         try:
             async with asyncio.timeout_at(min(deadline, limit)):
-                _, connection = await loop.create_connection(
-                    lambda: _Connection(self._outbox), self._host, self._port, ssl=self._ssl,
+                await loop.create_connection(
+                    connection.as_protocol, self._host, self._port, ssl=self._ssl,
                     server_hostname=self._host if self._ssl else None)
         except TimeoutError:
             if deadline <= limit:

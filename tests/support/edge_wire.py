@@ -131,7 +131,7 @@ def offline_app(extra: dict[str, Any] | None = None,
 def connect(edge: Edge, high_water: int = 64 * 1024) -> tuple[EdgeConnection, FakeTransport]:
     transport = FakeTransport(high_water)
     connection = EdgeConnection(edge)
-    transport.attach(connection)
+    transport.attach(connection.as_protocol())
     return connection, transport
 
 

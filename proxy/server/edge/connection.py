@@ -108,8 +108,11 @@ class Edge:
 
 
 # Compiled (proxy/compiled.py), and still a base: the edge fuzzer's probe derives from it.
+# An asyncio protocol by its methods, not by deriving from asyncio.Protocol: compiled, a class
+# derived from a Python class keeps its attributes in a dict, and these are read and written
+# many times a request. `as_protocol` gives it to asyncio.
 @mypyc_attr(allow_interpreted_subclasses=True)
-class EdgeConnection(asyncio.Protocol):
+class EdgeConnection:
     def __init__(self, edge: Edge) -> None:
         self._edge = edge
         # Looked up once: asyncio.get_running_loop() makes a getpid() system call each time.
@@ -145,7 +148,13 @@ class EdgeConnection(asyncio.Protocol):
         unsent = transport.get_write_buffer_size() if transport is not None else 0
         return len(self._buffer) + unsent
 
+    def as_protocol(self) -> asyncio.Protocol:
+        return cast(asyncio.Protocol, self)
+
     # asyncio.Protocol
+    def eof_received(self) -> bool | None:
+        return None                     # the transport closes; connection_lost follows
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")

@@ -58,7 +58,7 @@ class EdgeSite(web.SockSite):
             edge.outbox = Outbox(loop)
         sock, backlog = aiohttp_seam.site_socket(self)
         aiohttp_seam.set_site_server(self, await loop.create_server(
-            lambda: EdgeConnection(edge), sock=sock, backlog=backlog))
+            lambda: EdgeConnection(edge).as_protocol(), sock=sock, backlog=backlog))
         self._sweeper = loop.create_task(self._sweep())
 
     @property
