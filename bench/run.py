@@ -6,7 +6,7 @@ hurts all of them alike, and reports the median req/s, p50/p99 latency, CPU per 
 model, the core count and the machine's load. Loopback only; every wrk run is bounded in time.
 
     python bench/run.py [--duration 8] [--runs 3] [--workers 2] [--only track,track_https,...]
-                        [--python /path/to/python] [--coalesce] [--compiled]
+                        [--python /path/to/python] [--compiled]
                         [--before CHECKOUT]
 
 Scenarios (the first contender of each is its baseline; `front` is set beside `nginx_tls`):
@@ -163,7 +163,6 @@ class Lab:
 
     def _relay(self, setup: RelaySetup) -> tuple[int, list[int]]:
         """One relay per configuration, shared by the contenders that use it."""
-        setup = RelaySetup(setup.https, setup.default_log, self.args.coalesce)
         if setup not in self.relays:
             self._baselines()                   # its upstream
             port = free_port()
@@ -245,8 +244,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help=f"comma-separated scenarios, from: {', '.join(SCENARIOS)}")
-    parser.add_argument("--coalesce", action="store_true",
-                        help="run the relay with [coalesce] enabled = true")
     parser.add_argument("--python", default=sys.executable,
                         help="the interpreter that runs the relay and the ceiling (it must have "
                              "the project's dependencies); interpreters built with PGO/LTO, as "

@@ -143,7 +143,6 @@ class RelaySetup:
     """How a relay contender is configured: its upstream's scheme and its access logging."""
     https: bool = False                 # regions and CDN over TLS, trusted by [upstream] ca_file
     default_log: bool = False           # the embedded [log] defaults; otherwise access = false
-    coalesce: bool = False
 
 
 def relay_config(port: int, ports: Ports, workers: int, setup: RelaySetup, tls: Path) -> str:
@@ -154,8 +153,7 @@ def relay_config(port: int, ports: Ports, workers: int, setup: RelaySetup, tls: 
         sections.append("[log]\naccess = false")
     if setup.https:
         sections.append(f"[upstream]\nca_file = \"{tls}/fullchain.pem\"")
-    sections += [f"[coalesce]\nenabled = {str(setup.coalesce).lower()}",
-                 "[health]\nprobe_interval = 0",
+    sections += ["[health]\nprobe_interval = 0",
                  f"[assets]\ncdn_url = \"{upstream}/libs/\"\nprefetch = [\"{BUNDLE}\"]"]
     sections += [f"[regions.{region}]\nurl = \"{upstream}\"" for region in ("us", "eu", "in")]
     return "\n".join(sections) + "\n"

@@ -66,6 +66,32 @@ def test_example_config_is_valid() -> None:
     load_config(EXAMPLE)
 
 
+REMOVED = ("request coalescing was removed: it cost more CPU per request than it saved "
+           "(issue 16); remove the [coalesce] section")
+
+
+def test_a_coalesce_section_that_left_it_off_still_starts() -> None:
+    """The section config.example.toml shipped, and an empty one, are read and ignored."""
+    for section in ({}, {"enabled": False}, {"enabled": False, "slots": 8, "max_events": 2000}):
+        config = parse_config({"coalesce": section, "routing": {"default_region": "eu"}})
+        assert config.routing.default_region == "eu"
+
+
+def test_a_coalesce_section_that_asks_for_it_stops_the_start(tmp_path: Path) -> None:
+    assert problems_of({"coalesce": {"enabled": True, "slots": 8}}) == [
+        f"coalesce.enabled: {REMOVED}"]
+    # A key the section never had was an unknown key before; now it says why.
+    assert problems_of({"coalesce": {"enabled": False, "max_wait": 0.01}}) == [
+        f"coalesce.max_wait: {REMOVED}"]
+    assert problems_of({"coalesce": {"enabled": "yes"}}) == [
+        "coalesce.enabled: expected true or false, got a string 'yes'"]
+    old = tmp_path / "old.toml"
+    old.write_text("[coalesce]\nenabled = true\nslots = 8\nmax_events = 2000\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(old)
+    assert caught.value.problems == [f"coalesce.enabled: {REMOVED}"]
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True,
                           text=True, timeout=30, env=env)

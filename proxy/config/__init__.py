@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from .assets import AssetsConfig, parse_assets
-from .coalesce import CoalesceConfig, parse_coalesce
 from .crosscheck import with_routed_health_regions
 from .health import HealthConfig, parse_health
 from .log import LogConfig, parse_log
@@ -22,6 +21,7 @@ from .payload import PayloadConfig, parse_payload
 from .privacy import PrivacyConfig, parse_privacy
 from .reader import ConfigError, TableReader
 from .redis import RedisConfig, parse_redis
+from .retired import check_coalesce
 from .sections import (
     CorsConfig,
     LimitsConfig,
@@ -48,7 +48,7 @@ __all__ = [
     "ProjectConfig",
     "HealthConfig", "LogConfig", "AssetsConfig", "PayloadConfig", "PrivacyConfig",
     "RedisConfig", "RegionConfig",
-    "RoutingConfig", "ServerConfig", "SpoolConfig", "CoalesceConfig", "UpstreamConfig",
+    "RoutingConfig", "ServerConfig", "SpoolConfig", "UpstreamConfig",
     "CONFIG_ENV", "load_config",
     "parse_config", "config_path_from_env",
 ]
@@ -67,7 +67,6 @@ class Config:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
-    coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
     log: LogConfig = field(default_factory=LogConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     assets: AssetsConfig = field(default_factory=AssetsConfig)
@@ -91,7 +90,6 @@ def parse_config(data: dict[str, Any], source: str = "(embedded default)") -> Co
         upstream=parse_upstream(root.table("upstream")),
         metrics=parse_metrics(root.table("metrics")),
         spool=parse_spool(root.table("spool")),
-        coalesce=parse_coalesce(root.table("coalesce")),
         log=parse_log(root.table("log")),
         health=parse_health(root.table("health")),
         assets=parse_assets(root.table("assets")),
@@ -100,6 +98,7 @@ def parse_config(data: dict[str, Any], source: str = "(embedded default)") -> Co
         redis=parse_redis(root.table("redis")),
         source=source,
     )
+    check_coalesce(root.table("coalesce"))     # removed; read for the reason it gives
     root.finish()
     if config.health.require_regions and config.spool.enabled:
         problems.append("health.require_regions: cannot be used with [spool] enabled: the spool "

@@ -77,12 +77,6 @@ class Metrics:
             "mixpanel_proxy_rewritten_payloads", "Requests whose payload the relay re-encoded "
             "(a batch split across regions, or changed by [privacy] / [payload]).",
             ("endpoint",), registry=r)
-        self.coalesced = Counter(
-            "mixpanel_proxy_coalesced_requests", "Client /track requests answered from a merged "
-            "upstream batch ([coalesce]).", ("region",), registry=r)
-        self.coalesced_batches = Counter(
-            "mixpanel_proxy_coalesced_batches", "Merged upstream /track batches sent, by result "
-            "(accepted, refused).", ("region", "result"), registry=r)
         self.telemetry = Counter(
             "mixpanel_proxy_telemetry_records", "Records under Mixpanel's own SDK telemetry "
             "tokens that a strict relay answered itself and did not forward.", ("endpoint",),

@@ -64,7 +64,7 @@ def success_body(endpoint: str, verbose: bool) -> tuple[bytes, str]:
 
 def success_for(request: RoutedRequest, records: int | None = None) -> tuple[bytes, str]:
     """The success Mixpanel itself would have answered to this request, for answers the relay
-    vouches for (split batches, spooled or merged requests, telemetry answered locally).
+    vouches for (split batches, spooled requests, telemetry answered locally).
 
     /import with a JSON or NDJSON body gets `{"code":200,"num_records_imported":N,...}`: the
     only shape mixpanel-go decodes, and one mixpanel-java accepts under strict=1 and 0. Form

@@ -33,10 +33,9 @@ from ..spool.entry import is_retryable
 from ..upstream.client import REPLAYABLE_ENDPOINTS, UpstreamAnswer, UpstreamClient, UpstreamFailure
 from . import answers
 from .answers import Answer
-from .coalesce import MERGED_QUERY, Coalescer, MergedAnswer, accepted
 from .fleetlimit import Limiter, LocalLimiter
 from .incoming import Incoming
-from .outcomes import Outcome, Outgoing, combine, merged_success, translate
+from .outcomes import Outcome, Outgoing, combine, translate
 from .ratelimit import RateLimiter
 
 _ALLOWED_METHODS = ("GET", "POST")
@@ -65,10 +64,6 @@ class ApiRelay:
         # The most the relay reads: a data body over its limit is cut into parts under it.
         self._accepted = {endpoint: config.limits.accepted(endpoint) for endpoint in self._limits}
         self._rate = rate or LocalLimiter(config.limits.rate)   # [limits.rate] backend
-        self._coalescer = Coalescer(
-            list(config.regions), config.coalesce.slots, config.coalesce.max_events,
-            self._send_merged, lambda region: metrics.coalesced.labels(region).inc(),
-        ) if config.coalesce.enabled else None
         self._retry_after = str(config.upstream.retry_after)
         self._base_urls = {
             (region.name, endpoint): str(region.base_url(endpoint)).rstrip("/")
@@ -220,15 +215,7 @@ class ApiRelay:
     async def _forward_whole(self, routed: RoutedRequest, match: PathMatch, part: Part,
                              headers: Mapping[str, str], client_ip: str,
                              cors: dict[str, str]) -> Answer:
-        if self._coalescer is not None and self._coalescible(routed, match, part):
-            outcome = await self._coalescer.forward(
-                part.region, routed.query, routed.body if part.body is None else part.body,
-                self._ip_policy.upstream_ip(client_ip),
-                lambda: self._send(routed, match, part, headers, client_ip))
-            if outcome is None:           # a merged batch carried it, and was accepted
-                outcome = merged_success(routed)
-        else:
-            outcome = await self._send(routed, match, part, headers, client_ip)
+        outcome = await self._send(routed, match, part, headers, client_ip)
         return self.answer_whole(outcome, match.endpoint, part.region, cors)
 
     def answer_whole(self, outcome: Outcome, endpoint: str, region: str,
@@ -240,31 +227,11 @@ class ApiRelay:
         return response
 
     def plain_part(self, plan: Plan, match: PathMatch) -> Part | None:
-        """The part of a plan that goes whole, one exchange and nothing else: no coalescing,
-        no spool (plain.py sends it in callbacks). None: the plan needs `forward`."""
-        if plan.split or self._coalescer is not None or self._spool is not None:
+        """The part of a plan that goes whole, one exchange and nothing else: no split, no
+        spool (plain.py sends it in callbacks). None: the plan needs `forward`."""
+        if plan.split or self._spool is not None:
             return None
         return plan.parts[0]
-
-    def _coalescible(self, routed: RoutedRequest, match: PathMatch, part: Part) -> bool:
-        """Plain SDK /track POSTs that go whole and unencoded, and that the spool does not
-        take first (in `always` mode it answers at once anyway)."""
-        return (match.endpoint == "track" and routed.method == "POST"
-                and not routed.content_encoding and not part.content_encoding
-                and part.query is None
-                and (self._spool is None or not self._spool.takes_first(part.region, "track")))
-
-    async def _send_merged(self, region: str, body: bytes) -> MergedAnswer:
-        """One merged /track batch (see coalesce.py): events carry their IPs, so `ip=0`."""
-        headers = {"Content-Type": "application/x-www-form-urlencoded",
-                   "Accept-Encoding": "identity"}
-        outcome, _ = await self._exchange(region, "track", f"/track?{MERGED_QUERY.decode()}",
-                                          "POST", headers, body, None)
-        result = MergedAnswer(isinstance(outcome, UpstreamAnswer)
-                              and accepted(outcome.status, outcome.body))
-        self._metrics.coalesced_batches.labels(
-            region, "accepted" if result.accepted else "refused").inc()
-        return result
 
     async def _forward_split(self, routed: RoutedRequest, match: PathMatch, plan: Plan,
                              headers: Mapping[str, str], client_ip: str,
@@ -318,8 +285,8 @@ class ApiRelay:
     async def _exchange_for_client(self, region: str, endpoint: str, path_qs: str, method: str,
                                    headers: dict[str, str], body: bytes,
                                    read_timeout: float | None) -> Outcome:
-        """An exchange made for one client request: its upstream time goes to that request's
-        access record (a merged batch's belongs to no single request)."""
+        """An exchange made for one client request: its upstream time and the upstream's
+        final word go to that request's access record."""
         outcome, seconds = await self._exchange(region, endpoint, path_qs, method, headers, body,
                                                 read_timeout)
         self.client_exchange_noted(outcome, seconds)

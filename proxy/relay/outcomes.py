@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from multidict import CIMultiDict, CIMultiDictProxy
-
 from ..decide.headers import client_response_headers
 from ..decide.routing import RoutedRequest
 from ..upstream.client import UpstreamAnswer, UpstreamFailure
@@ -62,12 +60,6 @@ def combine(routed: RoutedRequest, responses: Sequence[Answer], cors: dict[str, 
         if response.status == 503:
             return response
     return next(response for response in responses if response.status != 200)
-
-
-def merged_success(routed: RoutedRequest) -> UpstreamAnswer:
-    """The answer Mixpanel would have given this client alone: `1`, or the verbose JSON."""
-    body, content_type = answers.success_for(routed)
-    return UpstreamAnswer(200, CIMultiDictProxy(CIMultiDict({"Content-Type": content_type})), body)
 
 
 def _is_json(answer: UpstreamAnswer) -> bool:

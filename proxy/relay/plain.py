@@ -10,7 +10,7 @@ the upstream connection's protocol callback. So the edge hands a framed request 
       -> answered at once: a refusal, a preflight, a rate limit, telemetry answered locally
       -> one exchange, in callbacks: the pool's idle connection writes it, its protocol calls
          `_Exchange.settled` with the whole answer (or the failure) -> translated -> replied
-      -> anything that must await (split batches, coalescing, the spool): `ApiRelay.forward`
+      -> anything that must await (split batches, the spool): `ApiRelay.forward`
          in a Task, then replied
     or not taken at all (`start` answers False) when even the decision must await: the rate
     limiter is the fleet's (Redis). The edge then runs `ApiRelay.handle` in a Task, as when

@@ -1,8 +1,8 @@
 """Answers the relay makes itself are the ones Mixpanel would have made for that request.
 
-A split batch, a spooled request and a merged /track batch are answered by the relay, not by
-Mixpanel: each SDK's own success check (tests/sdk/shapes.py) must pass on that answer, by
-endpoint, body format (form or JSON), `verbose` (query or form body) and `strict`.
+A split batch and a spooled request are answered by the relay, not by Mixpanel: each SDK's own
+success check (tests/sdk/shapes.py) must pass on that answer, by endpoint, body format (form or
+JSON), `verbose` (query or form body) and `strict`.
 """
 
 from __future__ import annotations
