@@ -105,12 +105,15 @@ async def _new_workers(relay: RelayProcess, old: list[int], count: int) -> list[
     return relay.worker_pids()
 
 
-async def test_workers_share_one_listening_socket(start_relay: StartRelay) -> None:
+async def test_each_worker_listens_on_its_slots_socket_of_one_port(
+        start_relay: StartRelay) -> None:
     relay = await start_relay({"server": {"workers": 3}})
     pids = relay.worker_pids()
     assert len(pids) == 3
-    inodes = {_listening_inode(pid, relay.port) for pid in pids}
-    assert len(inodes) == 1 and None not in inodes   # one socket, inherited by all three
+    inodes = [_listening_inodes(pid, relay.port) for pid in pids]
+    assert all(len(found) == 1 for found in inodes)              # one socket each ...
+    assert len(set.union(*inodes)) == 3                           # ... a different one
+    assert _listening_inodes(relay.pid, relay.port) == set.union(*inodes)   # all kept
     if importlib.util.find_spec("uvloop") is not None:   # the [speed] extra: workers run on it
         assert all("uvloop" in Path(f"/proc/{pid}/maps").read_text() for pid in pids)
         assert "uvloop" not in Path(f"/proc/{relay.pid}/maps").read_text()
@@ -120,16 +123,79 @@ async def test_workers_share_one_listening_socket(start_relay: StartRelay) -> No
                 assert response.status == 200
 
 
-def _listening_inode(pid: int, port: int) -> str | None:
-    """The inode of `pid`'s socket listening on `port`, from /proc (state 0A is LISTEN)."""
-    socket_inodes = {os.readlink(fd.path)[8:-1] for fd in os.scandir(f"/proc/{pid}/fd")
-                     if os.readlink(fd.path).startswith("socket:[")}
-    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port \
-                and fields[9] in socket_inodes:
-            return fields[9]
-    return None
+async def test_a_burst_of_connections_is_spread_over_the_workers(
+        start_relay: StartRelay) -> None:
+    """A front opening its keep-alive pool, or a load test starting: with one shared socket the
+    first worker to wake took every connection queued."""
+    relay = await start_relay({"server": {"workers": 2}})
+    opened = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", relay.port)
+                                    for _ in range(40)))
+    try:
+        for _, writer in opened:        # a request each, so every connection is accepted
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
+        for reader, _ in opened:
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        held = [_established(pid, relay.port) for pid in relay.worker_pids()]
+        assert sum(held) == 40
+        assert min(held) >= 8, held     # hashed: 40 over 2 is below 8 once in ~10^5 runs
+    finally:
+        for _, writer in opened:
+            writer.close()
+
+
+async def test_a_replacement_takes_over_its_slots_socket(start_relay: StartRelay) -> None:
+    relay = await start_relay({"server": {"workers": 2}})
+    victim, survivor = relay.worker_pids()
+    sockets = {pid: _listening_inodes(pid, relay.port) for pid in (victim, survivor)}
+    os.kill(victim, signal.SIGKILL)
+    await eventually(lambda: len(relay.worker_pids()) == 2 and victim not in relay.worker_pids(),
+                     what="a replacement worker")
+    replacement = next(pid for pid in relay.worker_pids() if pid != survivor)
+    await eventually(lambda: _listening_inodes(replacement, relay.port) == sockets[victim],
+                     what="the replacement listening on the victim's socket")
+
+
+async def test_fewer_workers_after_a_reload_still_serve_every_socket(
+        start_relay: StartRelay, upstreams: dict[str, FakeUpstream]) -> None:
+    relay = await start_relay({"server": {"workers": 3}})
+    old = relay.worker_pids()
+    kept = _listening_inodes(relay.pid, relay.port)
+    relay.write_config(relay_config(upstreams, {"server": {"workers": 2}}))
+    await relay.reload()
+    new = await _new_workers(relay, old, 2)
+    # Closing the third socket would reset what waits in its queue: a worker serves it too.
+    assert _listening_inodes(relay.pid, relay.port) == kept
+    assert set.union(*(_listening_inodes(pid, relay.port) for pid in new)) == kept
+    async with aiohttp.ClientSession(relay.url,
+                                     connector=aiohttp.TCPConnector(force_close=True)) as session:
+        for _ in range(30):             # new connections, hashed onto all three sockets
+            async with session.get("/healthz") as response:
+                assert response.status == 200
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    return {os.readlink(fd.path)[8:-1] for fd in os.scandir(f"/proc/{pid}/fd")
+            if os.readlink(fd.path).startswith("socket:[")}
+
+
+def _tcp_rows(pid: int) -> list[list[str]]:
+    return [line.split() for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]]
+
+
+def _listening_inodes(pid: int, port: int) -> set[str]:
+    """The inodes of `pid`'s sockets listening on `port`, from /proc (state 0A is LISTEN)."""
+    owned = _socket_inodes(pid)
+    return {fields[9] for fields in _tcp_rows(pid)
+            if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port
+            and fields[9] in owned}
+
+
+def _established(pid: int, port: int) -> int:
+    """How many connections to `port` `pid` holds (state 01 is ESTABLISHED)."""
+    owned = _socket_inodes(pid)
+    return sum(1 for fields in _tcp_rows(pid)
+               if fields[3] == "01" and int(fields[1].split(":")[1], 16) == port
+               and fields[9] in owned)
 
 
 async def test_a_dead_worker_is_replaced(start_relay: StartRelay) -> None:

@@ -1,7 +1,8 @@
-"""The supervisor: binds the listening socket once, forks `[server] workers` processes onto it.
+"""The supervisor: binds the listening sockets once (one per worker slot, listeners.py), forks
+`[server] workers` processes onto them.
 
-Every worker accepts from the same kernel queue, so a connection waiting there is served by
-whichever worker is alive: one that dies or drains loses nothing that was not yet accepted.
+Each slot's socket outlives its workers, so a connection waiting in its queue is served by that
+slot's next worker: one that dies or drains loses nothing that was not yet accepted.
 
 - a worker that dies is replaced (with a growing delay if it keeps dying young);
 - SIGHUP re-reads the config file. A bad file is refused with the same messages as `check` and
@@ -33,6 +34,7 @@ from .. import __version__
 from ..config import Config, ConfigError, load_config
 from ..ops import multiproc
 from ..ops.logs import announce
+from .listeners import Listeners
 from .worker import run_worker
 
 log = logging.getLogger("mixpanel_proxy.supervisor")
@@ -56,15 +58,10 @@ class WorkerProcess:
     kill_at: float | None = None   # set once the worker was told to drain
 
 
-def bind_listener(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=backlog)
-
-
 def serve(config: Config, path: str | None, pid_file: str | None = None) -> int:
     """Run the relay: bind, supervise the workers, return the exit code."""
     try:
-        sock = bind_listener(config.server.host, config.server.port)
+        listeners = Listeners.bind(config.server.host, config.server.port)
     except OSError as exc:
         print(f"server.listen: cannot listen on {config.server.host}:{config.server.port} "
               f"({exc.strerror})", file=sys.stderr)
@@ -76,12 +73,12 @@ def serve(config: Config, path: str | None, pid_file: str | None = None) -> int:
     except OSError as exc:
         print(f"metrics: cannot prepare the directory the workers share their metrics in "
               f"({exc}); set {multiproc.ENV} to a writable directory", file=sys.stderr)
-        sock.close()
+        listeners.close()
         return 1
     if pid_file:
         Path(pid_file).write_text(f"{os.getpid()}\n")
     try:
-        return Supervisor(config, path, sock).run()
+        return Supervisor(config, path, listeners).run()
     finally:
         multiproc.release(metrics_dir)
         if pid_file:
@@ -89,11 +86,11 @@ def serve(config: Config, path: str | None, pid_file: str | None = None) -> int:
 
 
 class Supervisor:
-    def __init__(self, config: Config, path: str | None, sock: socket.socket) -> None:
+    def __init__(self, config: Config, path: str | None, listeners: Listeners) -> None:
         self._config = config
         self._bound = config.server          # the listen address the socket was bound for
         self._path = path
-        self._sock = sock
+        self._listeners = listeners
         self._pid = os.getpid()
         self._workers: dict[int, WorkerProcess] = {}
         self._generation = 0          # the generation serving now
@@ -123,7 +120,7 @@ class Supervisor:
             self._advance_generation()
             self._restart_due()
             self._kill_overdue()
-        self._sock.close()
+        self._listeners.close()
         log.info("mixpanel-proxy stopped")
         return self._exit_code
 
@@ -169,21 +166,26 @@ class Supervisor:
             self._spawn(slot, generation, config)
 
     def _spawn(self, slot: int, generation: int, config: Config) -> None:
+        sockets = self._listeners.for_worker(slot, config.server.workers)
         ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            self._become_worker(config, ready_r, ready_w)
+            self._become_worker(config, sockets, ready_r, ready_w)
         os.close(ready_w)
         self._workers[pid] = WorkerProcess(pid, slot, generation, time.monotonic(), ready_r)
 
-    def _become_worker(self, config: Config, ready_r: int, ready_w: int) -> None:
+    def _become_worker(self, config: Config, sockets: list[socket.socket], ready_r: int,
+                       ready_w: int) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
             for fd in (ready_r, self._wakeup_r, self._wakeup_w,
                        *(w.ready_fd for w in self._workers.values() if w.ready_fd is not None)):
                 os.close(fd)
-            code = run_worker(config, self._sock, ready_w, self._pid)
+            for other in self._listeners.sockets:     # another slot's: not this worker's queue
+                if other not in sockets:
+                    other.close()
+            code = run_worker(config, sockets, ready_w, self._pid)
         except BaseException:
             traceback.print_exc()
         finally:
@@ -264,7 +266,7 @@ class Supervisor:
         self._pending = None
         self._generation, self._config = generation, config
         self._restarts.clear()
-        host, port = self._sock.getsockname()[:2]
+        host, port = self._listeners.address
         if first:
             announce(f"mixpanel-proxy {__version__} listening on http://{_url_host(host)}:{port} "
                      f"(config: {config.source})")
@@ -307,7 +309,7 @@ class Supervisor:
             return
         # The socket bound at start, not the previous config's address: after a second change
         # of `listen` that config names an address the relay never listened on.
-        host, port = self._sock.getsockname()[:2]
+        host, port = self._listeners.address
         if (config.server.host, config.server.port) != (self._bound.host, self._bound.port):
             log.warning("server.listen changed: the listening socket stays on %s:%d until a "
                         "restart", host, port)
@@ -332,7 +334,7 @@ class Supervisor:
         self._restarts.clear()
         # Once the workers close their copies too, new connections are refused at once instead
         # of waiting in a queue that no one will serve.
-        self._sock.close()
+        self._listeners.close()
         for worker in self._workers.values():
             self._drain(worker, self._config.server.shutdown_timeout)
 

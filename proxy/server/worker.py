@@ -1,11 +1,13 @@
-"""One serving process: the aiohttp app on a listening socket inherited from the supervisor.
+"""One serving process: the aiohttp app on the listening sockets of its slot, inherited from the
+supervisor (listeners.py: usually one).
 
 A worker tells the supervisor it is accepting by writing one byte to its ready pipe, and drains on
-SIGTERM/SIGINT: it closes its copy of the listening socket (the other workers keep accepting from
-the shared queue), then for a short grace keeps serving the connections it already has, each
-answer saying `Connection: close`: a client that had just connected gets its request answered
-instead of a reset. Then it lets in-flight requests finish, runs the app's cleanup (which flushes
-what must be flushed) and exits 0, all within `[server] shutdown_timeout`.
+SIGTERM/SIGINT: it stops accepting (on a reload, the next generation's worker of the same slot
+accepts from the same socket; a replacement does after a death), then for a short grace keeps
+serving the connections it already has, each answer saying `Connection: close`: a client that
+had just connected gets its request answered instead of a reset. Then it lets in-flight requests
+finish, runs the app's cleanup (which flushes what must be flushed) and exits 0, all within
+`[server] shutdown_timeout`.
 """
 
 from __future__ import annotations
@@ -50,14 +52,15 @@ class _Draining:
             response.headers["Connection"] = "close"
 
 
-def run_worker(config: Config, sock: socket.socket, ready_fd: int, parent_pid: int) -> int:
+def run_worker(config: Config, sockets: list[socket.socket], ready_fd: int,
+               parent_pid: int) -> int:
     """Serve until told to stop; the return value is the process's exit code."""
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
     loop = _new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_serve(config, sock, ready_fd, parent_pid))
+        return loop.run_until_complete(_serve(config, sockets, ready_fd, parent_pid))
     finally:
         loop.close()
         flush_access_lines()     # the last turn's, before the process ends (os._exit)
@@ -72,7 +75,8 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-async def _serve(config: Config, sock: socket.socket, ready_fd: int, parent_pid: int) -> int:
+async def _serve(config: Config, sockets: list[socket.socket], ready_fd: int,
+                 parent_pid: int) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -88,9 +92,11 @@ async def _serve(config: Config, sock: socket.socket, ready_fd: int, parent_pid:
                            shutdown_timeout=config.server.shutdown_timeout - grace)
     try:
         await runner.setup()
-        site = EdgeSite(runner, sock, keepalive_timeout=KEEPALIVE_TIMEOUT,
-                        shutdown_timeout=config.server.shutdown_timeout - grace)
-        await site.start()
+        sites = [EdgeSite(runner, sock, keepalive_timeout=KEEPALIVE_TIMEOUT,
+                          shutdown_timeout=config.server.shutdown_timeout - grace)
+                 for sock in sockets]
+        for site in sites:
+            await site.start()
     except Exception:
         log.exception("worker %d could not start", os.getpid())
         await runner.cleanup()
@@ -100,7 +106,8 @@ async def _serve(config: Config, sock: socket.socket, ready_fd: int, parent_pid:
     watcher = asyncio.create_task(_watch_parent(parent_pid, stop))
     await stop.wait()
     watcher.cancel()
-    site.stop_accepting()        # the other workers take the queue from here
+    for site in sites:
+        site.stop_accepting()    # the slot's next worker takes the queue from here
     draining.active = True
     await asyncio.sleep(grace)
     # Closes idle connections, waits for in-flight requests (the edge's, then aiohttp's), runs
