@@ -107,7 +107,7 @@ async def _new_workers(relay: RelayProcess, old: list[int], count: int) -> list[
 
 async def test_each_worker_listens_on_its_slots_socket_of_one_port(
         start_relay: StartRelay) -> None:
-    relay = await start_relay({"server": {"workers": 3}})
+    relay = await start_relay({"server": {"workers": 3, "reuse_port": True}})
     pids = relay.worker_pids()
     assert len(pids) == 3
     inodes = [_listening_inodes(pid, relay.port) for pid in pids]
@@ -123,11 +123,19 @@ async def test_each_worker_listens_on_its_slots_socket_of_one_port(
                 assert response.status == 200
 
 
+async def test_by_default_the_workers_share_one_listening_socket(
+        start_relay: StartRelay) -> None:
+    relay = await start_relay({"server": {"workers": 3}})
+    inodes = [_listening_inodes(pid, relay.port) for pid in relay.worker_pids()]
+    assert len(inodes) == 3
+    assert all(found == inodes[0] for found in inodes) and len(inodes[0]) == 1
+
+
 async def test_a_burst_of_connections_is_spread_over_the_workers(
         start_relay: StartRelay) -> None:
     """A front opening its keep-alive pool, or a load test starting: with one shared socket the
     first worker to wake took every connection queued."""
-    relay = await start_relay({"server": {"workers": 2}})
+    relay = await start_relay({"server": {"workers": 2, "reuse_port": True}})
     opened = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", relay.port)
                                     for _ in range(40)))
     try:
@@ -144,7 +152,7 @@ async def test_a_burst_of_connections_is_spread_over_the_workers(
 
 
 async def test_a_replacement_takes_over_its_slots_socket(start_relay: StartRelay) -> None:
-    relay = await start_relay({"server": {"workers": 2}})
+    relay = await start_relay({"server": {"workers": 2, "reuse_port": True}})
     victim, survivor = relay.worker_pids()
     sockets = {pid: _listening_inodes(pid, relay.port) for pid in (victim, survivor)}
     os.kill(victim, signal.SIGKILL)
@@ -157,10 +165,10 @@ async def test_a_replacement_takes_over_its_slots_socket(start_relay: StartRelay
 
 async def test_fewer_workers_after_a_reload_still_serve_every_socket(
         start_relay: StartRelay, upstreams: dict[str, FakeUpstream]) -> None:
-    relay = await start_relay({"server": {"workers": 3}})
+    relay = await start_relay({"server": {"workers": 3, "reuse_port": True}})
     old = relay.worker_pids()
     kept = _listening_inodes(relay.pid, relay.port)
-    relay.write_config(relay_config(upstreams, {"server": {"workers": 2}}))
+    relay.write_config(relay_config(upstreams, {"server": {"workers": 2, "reuse_port": True}}))
     await relay.reload()
     new = await _new_workers(relay, old, 2)
     # Closing the third socket would reset what waits in its queue: a worker serves it too.

@@ -34,6 +34,9 @@ class ServerConfig:
     client_ip_header: str | None = None   # e.g. "CF-Connecting-IP"; believed from trusted peers
     workers: int = 1
     shutdown_timeout: float = 15.0
+    # One listening socket per worker (SO_REUSEPORT, Linux): the kernel spreads new connections
+    # over the workers (server/listeners.py).
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ def parse_server(reader: TableReader) -> ServerConfig:
         client_ip_header=header or None,
         workers=reader.integer("workers", 1, minimum=1, maximum=64),
         shutdown_timeout=reader.number("shutdown_timeout", 15.0, minimum=0),
+        reuse_port=reader.boolean("reuse_port", False),
     )
     reader.finish()
     return config

@@ -1,13 +1,19 @@
-"""The listening sockets: one per worker slot, bound with SO_REUSEPORT, where Linux balances new
-connections over them; elsewhere one socket that every worker shares.
+"""The listening sockets: one that every worker shares (the default), or, with `[server]
+reuse_port = true` on Linux, one per worker slot bound with SO_REUSEPORT, which the kernel
+balances new connections over.
 
-Why not one shared socket: every worker's event loop watches it, and the first to wake accepts
-every connection queued (libuv accepts until the queue is empty). Measured on /track with two
-workers, a burst of 50 keep-alive connections (wrk's start, or an nginx front opening its
-keep-alive pool) landed on one worker in two runs of three: it served them all while the other
-idled, at 17.7k and 19.6k req/s against 26.3k when they split. With a socket per slot, the kernel
-hashes each new connection onto one socket of the group: the splits stayed near even in every
-run (24-25k req/s, pure Python build).
+Why the choice: with one shared socket every worker's event loop watches it, and the first to
+wake accepts every connection queued (libuv accepts until the queue is empty). Measured on
+/track with two workers and one wrk thread, a burst of 50 keep-alive connections (a load test's
+start, or a front opening its keep-alive pool at once) landed on one worker in two runs of
+three: it served them all while the other idled (17.7k and 19.6k req/s against 26.3k when they
+split). With a socket per slot the kernel hashes each new connection onto one socket of the
+group: the splits stayed near even in every run (24-25k req/s, pure Python build). But on a
+machine where the relay shares its cores with the load (the 2-core benchmark, with wrk and the
+upstream beside it), the skewed split costs nothing and its fuller loop turns cost less CPU per
+request (`bench/run.py`, five rounds: 25.7k shared against 24.2k balanced). So balance is for
+workers with cores of their own: the default stays the shared queue, whose connections any live
+worker serves.
 
 What a slot's socket keeps: the supervisor holds every socket for the relay's life and each
 worker of slot i (a replacement, the next generation after a reload) inherits socket i, so a
@@ -23,8 +29,8 @@ import sys
 
 BACKLOG = 2048
 # Linux spreads connections over a SO_REUSEPORT group; other kernels (the BSDs, macOS) give them
-# all to one member, so there the workers share one socket as before.
-BALANCED = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+# all to one member, so there the workers share one socket whatever the config says.
+CAN_BALANCE = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
 class Listeners:
@@ -35,9 +41,10 @@ class Listeners:
         self._balanced = balanced
 
     @classmethod
-    def bind(cls, host: str, port: int, balanced: bool = BALANCED) -> Listeners:
-        """The first socket, bound now (an OSError names why not); the other slots' sockets are
-        bound to its address as workers need them."""
+    def bind(cls, host: str, port: int, reuse_port: bool = False) -> Listeners:
+        """The first socket, bound now (an OSError names why not); with `reuse_port`, the other
+        slots' sockets are bound to its address as workers need them."""
+        balanced = reuse_port and CAN_BALANCE
         return cls(_listen(host, port, balanced), balanced)
 
     @property

@@ -1,8 +1,9 @@
-"""The supervisor: binds the listening sockets once (one per worker slot, listeners.py), forks
-`[server] workers` processes onto them.
+"""The supervisor: binds the listening socket once (or one per worker slot, listeners.py), forks
+`[server] workers` processes onto it.
 
-Each slot's socket outlives its workers, so a connection waiting in its queue is served by that
-slot's next worker: one that dies or drains loses nothing that was not yet accepted.
+Every socket outlives the workers that accept on it, so a connection waiting in its queue is
+served by a live worker (any, on the shared socket; the slot's next, with `reuse_port`): one that
+dies or drains loses nothing that was not yet accepted.
 
 - a worker that dies is replaced (with a growing delay if it keeps dying young);
 - SIGHUP re-reads the config file. A bad file is refused with the same messages as `check` and
@@ -61,7 +62,8 @@ class WorkerProcess:
 def serve(config: Config, path: str | None, pid_file: str | None = None) -> int:
     """Run the relay: bind, supervise the workers, return the exit code."""
     try:
-        listeners = Listeners.bind(config.server.host, config.server.port)
+        listeners = Listeners.bind(config.server.host, config.server.port,
+                                   config.server.reuse_port)
     except OSError as exc:
         print(f"server.listen: cannot listen on {config.server.host}:{config.server.port} "
               f"({exc.strerror})", file=sys.stderr)
