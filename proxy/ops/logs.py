@@ -25,6 +25,7 @@ import time
 from typing import TextIO
 
 from ..config import LogConfig
+from .tally import running_loop
 
 __all__ = ["AccessWriter", "JsonFormatter", "access_writer", "announce", "flush_access_lines",
            "setup_logging"]
@@ -84,12 +85,9 @@ class AccessWriter:
             self.flush()
 
     def _schedule(self) -> bool:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            try:
-                loop = self._loop = asyncio.get_running_loop()
-            except RuntimeError:        # no loop (a command): at once
-                return False
+        loop = self._loop = running_loop(self._loop)
+        if loop is None:                # no loop (a command): at once
+            return False
         loop.call_later(FLUSH_SECONDS, self.flush)
         return True
 

@@ -43,13 +43,10 @@ class Tally:
             self._schedule()
 
     def _schedule(self) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            try:
-                loop = self._loop = asyncio.get_running_loop()
-            except RuntimeError:          # no loop (a unit test, a command): at once
-                self.flush()
-                return
+        loop = self._loop = running_loop(self._loop)
+        if loop is None:                  # no loop (a unit test, a command): at once
+            self.flush()
+            return
         self._due = True
         loop.call_soon(self.flush)
 
@@ -62,3 +59,14 @@ class Tally:
                 series.inc(amount)
         for histogram, value in observed:
             histogram.observe(value)
+
+
+def running_loop(known: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop | None:
+    """`known` while it is open, else the running loop (asked only then: the question costs a
+    system call), else None (no loop: a unit test, a command)."""
+    if known is not None and not known.is_closed():
+        return known
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
