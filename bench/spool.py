@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import measure  # noqa: E402
 from bench.common import free_port, wait_for  # noqa: E402
 
 TOKEN = "bench_token_0001"
@@ -111,18 +111,7 @@ def stored_count(port: int) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of `pid` and its children (a supervisor's workers), from /proc."""
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(child) for child in children.read_text().split()]
-    total = 0
-    for each in pids:
-        try:
-            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])       # utime, stime (clock ticks)
-    return total / os.sysconf("SC_CLK_TCK")
+    return measure.cpu_seconds(measure.process_tree(pid))
 
 
 Result = tuple[float, float, float, int, float, float, float]

@@ -16,7 +16,6 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -173,7 +172,7 @@ class AccessRecorder:
             line = access_line(request, facts, status, size, time.perf_counter() - started,
                                self._anonymize)
             writer = access_writer()
-            if writer is not None:      # the lines of a turn in one write (logs.py)
+            if writer is not None:      # written together, around logging (logs.py)
                 writer.write(line)
                 return
             # A record made directly: Logger.info() would walk the stack to find its caller
@@ -261,20 +260,17 @@ def _json_string(text: str) -> str:
     return found
 
 
-_second: list[Any] = [-1, ""]     # the last whole second formatted, and its text
-_milli: list[Any] = [-1, ""]      # the last millisecond formatted, and its text
+_stamp: tuple[int, str] = (-1, "")     # the last millisecond formatted, and its text
 
 
 def _timestamp() -> str:
-    """ISO 8601 UTC with milliseconds; formatted once per millisecond (lines come faster)."""
+    """ISO 8601 UTC with milliseconds, formatted once per millisecond (lines come faster)."""
+    global _stamp
     milli = int(time.time() * 1000)
-    if milli != _milli[0]:
-        whole = milli // 1000
-        if whole != _second[0]:
-            _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S",
-                                                          time.gmtime(whole))
-        _milli[0], _milli[1] = milli, f"{_second[1]}.{milli % 1000:03d}Z"
-    return str(_milli[1])
+    if milli != _stamp[0]:
+        whole, part = divmod(milli, 1000)
+        _stamp = (milli, f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{part:03d}Z")
+    return _stamp[1]
 
 
 def _bytes_in(request: Incoming, facts: RequestFacts) -> int:

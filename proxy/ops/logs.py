@@ -41,8 +41,7 @@ class JsonFormatter(logging.Formatter):
         message = record.getMessage()
         level = record.levelname.lower()
         if record.name == _ACCESS and message.startswith("{"):
-            return _access_json(message) if level == "info" else \
-                f'{{"level":"{level}","logger":"{_ACCESS}",{message[1:]}'
+            return _access_json(message, level)
         line = {"time": _timestamp(record.created), "level": level, "logger": record.name,
                 "message": message}
         if record.exc_info:
@@ -50,9 +49,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def _access_json(line: str) -> str:
-    """An access line as JsonFormatter writes it."""
-    return f'{{"level":"info","logger":"{_ACCESS}",{line[1:]}' if line.startswith("{") else line
+def _access_json(line: str, level: str = "info") -> str:
+    """An access line (a JSON object) with the level and logger spliced in."""
+    return f'{{"level":"{level}","logger":"{_ACCESS}",{line[1:]}' if line.startswith("{") else line
 
 
 class AccessWriter:

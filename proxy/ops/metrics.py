@@ -184,7 +184,6 @@ class Metrics:
         self.tally = Tally()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._routes: dict[tuple[str, str], RouteMeters] = {}
-        self._answered: dict[tuple[str, str, int], Counter] = {}   # statuses: a closed set
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason)   # exported at 0 from the start: rates need a base
 
@@ -194,12 +193,7 @@ class Metrics:
                 for gauge in vars(self).values() if isinstance(gauge, Gauge)}
 
     def count_request(self, endpoint: str, region: str, status: int) -> None:
-        key = (endpoint, region, status)
-        series = self._answered.get(key)      # one lookup per request, not a label's making
-        if series is None:
-            series = self._answered[key] = self.child(self.requests, endpoint, region,
-                                                      status_class(status))
-        self.tally.add(series)
+        self.tally.add(self.child(self.requests, endpoint, region, status_class(status)))
 
     def route(self, endpoint: str, region: str) -> RouteMeters:
         """The per-exchange series of one endpoint in one region, looked up once."""

@@ -192,8 +192,9 @@ class ApiRelay:
             plan = self._router.plan(routed)
         except CodecError as exc:
             return self.reject(exc.reason, exc.status, exc.message, cors)
-        except (UnknownToken, MixedCredentials) as refused:   # a name of its own: compiled,
-            return self.reject(refused.reason, refused.status, refused.message, cors)  # one type
+        # Not `exc` again: compiled, one name holds one type (CodecError above).
+        except (UnknownToken, MixedCredentials) as refused:
+            return self.reject(refused.reason, refused.status, refused.message, cors)
         for part in plan.parts:
             if part.body is not None or part.query is not None:
                 self._metrics.child(self._metrics.rewritten, endpoint).inc()
