@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..codec import (
@@ -54,7 +54,11 @@ class UnknownToken(Exception):
         self.message = message
 
 
-@dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
+# The per-request classes here are dataclasses for their repr and equality, with an __init__ of
+# their own (and not frozen: frozen costs each field a call): compiled (proxy/compiled.py), an
+# explicit __init__ is native, while the one dataclasses generates runs in the interpreter at
+# about five times the cost.
+@dataclass(slots=True, init=False)
 class RoutedRequest:
     """What routing needs to know of a request; built by the relay, never holds aiohttp objects."""
 
@@ -63,32 +67,52 @@ class RoutedRequest:
     method: str
     query: bytes                       # raw query string, as received
     body: bytes
-    content_type: str = ""
-    content_encoding: str = ""
-    authorization: str = ""
-    inflate_limit: int = 10 * 1024 * 1024   # the largest (inflated) body the relay decodes
-    part_limit: int = 0                     # a data body over it is sent in parts; 0: never
+    content_type: str
+    content_encoding: str
+    authorization: str
+    inflate_limit: int                 # the largest (inflated) body the relay decodes
+    part_limit: int                    # a data body over it is sent in parts; 0: never
+
+    def __init__(self, endpoint: str, pinned_region: str | None, method: str, query: bytes,
+                 body: bytes, content_type: str = "", content_encoding: str = "",
+                 authorization: str = "", inflate_limit: int = 10 * 1024 * 1024,
+                 part_limit: int = 0) -> None:
+        self.endpoint, self.pinned_region, self.method = endpoint, pinned_region, method
+        self.query, self.body, self.content_type = query, body, content_type
+        self.content_encoding, self.authorization = content_encoding, authorization
+        self.inflate_limit, self.part_limit = inflate_limit, part_limit
 
 
-@dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
+@dataclass(slots=True, init=False)
 class Part:
     """One upstream request: the region and, when split, the rewritten body or query."""
 
     region: str
-    body: bytes | None = None          # None: the original body, byte for byte
-    query: bytes | None = None         # None: the original query string
-    drop_content_encoding: bool = False
-    records: int = 0
-    content_encoding: str = ""         # the coding of a rewritten body, e.g. "gzip"
-    authorization: str | None = None   # a split /import part's own credentials
+    body: bytes | None                 # None: the original body, byte for byte
+    query: bytes | None                # None: the original query string
+    drop_content_encoding: bool
+    records: int
+    content_encoding: str              # the coding of a rewritten body, e.g. "gzip"
+    authorization: str | None          # a split /import part's own credentials
+
+    def __init__(self, region: str, body: bytes | None = None, query: bytes | None = None,
+                 drop_content_encoding: bool = False, records: int = 0,
+                 content_encoding: str = "", authorization: str | None = None) -> None:
+        self.region, self.body, self.query = region, body, query
+        self.drop_content_encoding, self.records = drop_content_encoding, records
+        self.content_encoding, self.authorization = content_encoding, authorization
 
 
-@dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
+@dataclass(slots=True, init=False)
 class Plan:
     parts: tuple[Part, ...]            # empty: nothing to forward, the relay answers itself
-    split: bool = False
-    tokens: tuple[str, ...] = field(default_factory=tuple)
-    telemetry: int = 0                 # records under TELEMETRY_TOKENS, answered locally
+    split: bool
+    tokens: tuple[str, ...]
+    telemetry: int                     # records under TELEMETRY_TOKENS, answered locally
+
+    def __init__(self, parts: tuple[Part, ...], split: bool = False,
+                 tokens: tuple[str, ...] = (), telemetry: int = 0) -> None:
+        self.parts, self.split, self.tokens, self.telemetry = parts, split, tokens, telemetry
 
 
 class Router:

@@ -44,18 +44,22 @@ _MAX_PATH = 96            # unmatched paths are logged cut short: they are clien
 _V6_48 = ((1 << 48) - 1) << 80
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)   # the __init__ is ours: see RoutedRequest (routing.py)
 class RequestFacts:
-    endpoint: str = "none"
-    region: str = "-"
-    client_ip: str = ""
-    reason: str = ""              # why the relay refused the request itself
-    request_bytes: int = -1       # the body as read; -1: not read (Content-Length is logged)
-    upstream_seconds: float = 0.0  # the slowest upstream exchange (split parts run in parallel)
+    endpoint: str
+    region: str
+    client_ip: str
+    reason: str                   # why the relay refused the request itself
+    request_bytes: int            # the body as read; -1: not read (Content-Length is logged)
+    upstream_seconds: float       # the slowest upstream exchange (split parts run in parallel)
     # What became of the data: "forwarded" (the upstream's final answer), "stored" (in the
     # durable spool: the client got its success answer, a drainer delivers it later), both
     # joined by "+" for a batch split across regions, "" when neither (refused, or failed).
-    outcome: str = ""
+    outcome: str
+
+    def __init__(self) -> None:
+        self.endpoint, self.region, self.client_ip, self.reason = "none", "-", "", ""
+        self.request_bytes, self.upstream_seconds, self.outcome = -1, 0.0, ""
 
     def upstream_took(self, seconds: float) -> None:
         self.upstream_seconds = max(self.upstream_seconds, seconds)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -50,6 +50,15 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # How each gauge combines over workers (multiproc.Publisher), noted as it is made.
+        modes: dict[str, str] = {}
+
+        def gauge(name: str, documentation: str, labels: tuple[str, ...] = (), *,
+                  multiprocess_mode: str) -> Gauge:
+            modes[name] = multiprocess_mode
+            return Gauge(name, documentation, labels, registry=r,
+                         multiprocess_mode=multiprocess_mode)  # type: ignore[arg-type]
+
         if not multiproc.active():   # in multiprocess mode the scrape adds these (multiproc.py)
             ProcessCollector(registry=r)
             r.register(multiproc.BuildInfo())
@@ -81,25 +90,22 @@ class Metrics:
             "mixpanel_proxy_telemetry_records", "Records under Mixpanel's own SDK telemetry "
             "tokens that a strict relay answered itself and did not forward.", ("endpoint",),
             registry=r)
-        self.in_flight = Gauge(
-            "mixpanel_proxy_in_flight_requests", "Client requests being handled.", registry=r,
+        self.in_flight = gauge(
+            "mixpanel_proxy_in_flight_requests", "Client requests being handled.",
             multiprocess_mode="livesum")
         # The durable spool (issue 6, proxy/spool/). Each worker follows the one spool file
         # (refreshed every poll_interval): over workers the gauges combine as the max, the
         # freshest count, the same whichever worker a scrape reaches.
-        self.spool_entries = Gauge(
+        self.spool_entries = gauge(
             "mixpanel_proxy_spool_entries", "Requests stored and waiting to be sent upstream.",
-            ("region",), registry=r,
-            multiprocess_mode="livemax")
-        self.spool_bytes = Gauge(
+            ("region",), multiprocess_mode="livemax")
+        self.spool_bytes = gauge(
             "mixpanel_proxy_spool_bytes", "Bytes held by the spool, by kind (live: waiting; "
             "dead: dead letters). Their sum is bounded by [spool] max_bytes.", ("kind",),
-            registry=r,
             multiprocess_mode="livemax")
-        self.spool_oldest_age = Gauge(
+        self.spool_oldest_age = gauge(
             "mixpanel_proxy_spool_oldest_age_seconds", "Age of the oldest waiting request.",
-            ("region",), registry=r,
-            multiprocess_mode="livemax")
+            ("region",), multiprocess_mode="livemax")
         self.spool_stored = Counter(
             "mixpanel_proxy_spool_stored", "Requests stored (durably) by the spool.",
             ("region", "endpoint"), registry=r)
@@ -110,8 +116,8 @@ class Metrics:
             "mixpanel_proxy_spool_dead_lettered", "Stored requests moved to dead letter, by cause "
             "(upstream_4xx, upstream_refused, track_window, other_status).", ("region", "cause"),
             registry=r)
-        self.spool_dead_entries = Gauge(
-            "mixpanel_proxy_spool_dead_entries", "Requests in the dead-letter table.", registry=r,
+        self.spool_dead_entries = gauge(
+            "mixpanel_proxy_spool_dead_entries", "Requests in the dead-letter table.",
             multiprocess_mode="livemax")
         self.spool_refused = Counter(
             "mixpanel_proxy_spool_refused", "Requests the spool could not take (full, "
@@ -127,28 +133,24 @@ class Metrics:
         self.upstream_response_bytes = Counter(
             "mixpanel_proxy_upstream_response_bytes", "Response body bytes received from the "
             "upstream.", ("endpoint", "region"), registry=r)
-        self.region_up = Gauge(
+        self.region_up = gauge(
             "mixpanel_proxy_region_up", "1 when the region's latest upstream exchange or probe "
-            "got an answer, 0 when it failed.", ("region",), registry=r,
-            multiprocess_mode="livemostrecent")
-        self.region_last_success = Gauge(
+            "got an answer, 0 when it failed.", ("region",), multiprocess_mode="livemostrecent")
+        self.region_last_success = gauge(
             "mixpanel_proxy_region_last_success_timestamp_seconds", "Unix time of the region's "
-            "latest successful upstream exchange or probe.", ("region",), registry=r,
-            multiprocess_mode="max")
+            "latest successful upstream exchange or probe.", ("region",), multiprocess_mode="max")
         self.probes = Counter(
             "mixpanel_proxy_region_probes", "Background reachability probes, by region and "
             "result (ok, failed).", ("region", "result"), registry=r)
-        self.ready = Gauge(
+        self.ready = gauge(
             "mixpanel_proxy_ready", "1 when /readyz answers ready at its latest evaluation.",
-            registry=r,
             multiprocess_mode="livemin")
         self.config_reloads = Counter(
             "mixpanel_proxy_config_reloads", "Config reloads, by result (ok, error).",
             ("result",), registry=r)
-        self.config_loaded = Gauge(
+        self.config_loaded = gauge(
             "mixpanel_proxy_config_loaded_timestamp_seconds", "Unix time the running config "
-            "was loaded.", registry=r,
-            multiprocess_mode="max")
+            "was loaded.", multiprocess_mode="max")
         for result in ("ok", "error"):
             self.config_reloads.labels(result)
         self.config_loaded.set_to_current_time()
@@ -161,12 +163,11 @@ class Metrics:
             "mixpanel_proxy_asset_cdn_failures", "CDN answers refused as broken or failed, by "
             "kind (status, content_type, html, truncated, too_large, empty, encoding, connect, "
             "timeout, protocol).", ("kind",), registry=r)
-        self.asset_cache_bytes = Gauge(
+        self.asset_cache_bytes = gauge(
             "mixpanel_proxy_asset_cache_bytes", "Bytes the bundle cache holds, every variant "
-            "counted.", registry=r,
-            multiprocess_mode="livesum")
-        self.asset_cache_entries = Gauge(
-            "mixpanel_proxy_asset_cache_entries", "Bundle versions the cache holds.", registry=r,
+            "counted.", multiprocess_mode="livesum")
+        self.asset_cache_entries = gauge(
+            "mixpanel_proxy_asset_cache_entries", "Bundle versions the cache holds.",
             multiprocess_mode="livesum")
         for result in ASSET_CACHE_RESULTS:
             self.asset_cache.labels(result)
@@ -178,7 +179,7 @@ class Metrics:
             "reason (target, method, framing).", ("reason",), registry=r)
         for reason in EDGE_HANDOVER_REASONS:
             self.edge_handovers.labels(reason)
-        self._publisher = multiproc.Publisher(self.registry, self._gauge_modes()) \
+        self._publisher = multiproc.Publisher(self.registry, modes) \
             if multiproc.active() else None
         # The request path's updates, applied once per turn of the loop (tally.py).
         self.tally = Tally()
@@ -186,11 +187,6 @@ class Metrics:
         self._routes: dict[tuple[str, str], RouteMeters] = {}
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason)   # exported at 0 from the start: rates need a base
-
-    def _gauge_modes(self) -> dict[str, str]:
-        """How each gauge combines over workers (the `multiprocess_mode` it was made with)."""
-        return {getattr(gauge, "_name", ""): getattr(gauge, "_multiprocess_mode", "all")
-                for gauge in vars(self).values() if isinstance(gauge, Gauge)}
 
     def count_request(self, endpoint: str, region: str, status: int) -> None:
         self.tally.add(self.child(self.requests, endpoint, region, status_class(status)))
@@ -210,10 +206,11 @@ class Metrics:
         every call, a cost the per-request path should not pay. Labels come from closed sets,
         so the cache stays small."""
         key = (id(metric), labels)
-        found = self._children.get(key)
+        found: Any = self._children.get(key)
         if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
+            found = metric.labels(*labels)
+            self._children[key] = found
+        return cast(T, found)
 
     def reject(self, reason: str) -> None:
         self.rejections.labels(reason).inc()

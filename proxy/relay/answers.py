@@ -21,14 +21,17 @@ SUCCESS_PLAIN = b"1"
 RECORD_SUCCESS = b'{"code":200,"status":"OK"}'
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)   # the __init__ is ours: see RoutedRequest (routing.py)
 class Answer:
     """A relay answer before any server writes it: the lean edge writes its bytes itself, and
     `as_response` makes it aiohttp's (building a `web.Response` costs more than the answer)."""
 
     status: int
     headers: dict[str, str]
-    body: bytes = b""
+    body: bytes
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
+        self.status, self.headers, self.body = status, headers, body
 
     @property
     def content_length(self) -> int:

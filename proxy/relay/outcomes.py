@@ -16,7 +16,7 @@ from .answers import Answer
 Outcome = UpstreamAnswer | UpstreamFailure
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)   # the __init__ is ours: see RoutedRequest (routing.py)
 class Outgoing:
     """One upstream request, before the client serializes it."""
 
@@ -26,6 +26,11 @@ class Outgoing:
     headers: dict[str, str]
     body: bytes
     read_timeout: float | None     # None: the config's
+
+    def __init__(self, base: str, path_qs: str, query: bytes, headers: dict[str, str],
+                 body: bytes, read_timeout: float | None) -> None:
+        self.base, self.path_qs, self.query, self.headers = base, path_qs, query, headers
+        self.body, self.read_timeout = body, read_timeout
 
 
 def translate(outcome: Outcome, cors: dict[str, str], retry_after: str) -> Answer:

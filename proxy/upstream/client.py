@@ -21,11 +21,14 @@ from .pool import ConnectionPool
 REPLAYABLE_ENDPOINTS = frozenset({"track", "import"})
 
 
-@dataclass(slots=True)   # not frozen: made per request, frozen costs each field a call
+@dataclass(slots=True, init=False)   # the __init__ is ours: see RoutedRequest (routing.py)
 class UpstreamAnswer:
     status: int
     headers: CIMultiDictProxy[str]
     body: bytes
+
+    def __init__(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
 
 
 class UpstreamFailure(Exception):

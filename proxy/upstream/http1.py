@@ -39,11 +39,14 @@ class ExchangeError(Exception):
         self.retryable = retryable
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)   # the __init__ is ours: see RoutedRequest (routing.py)
 class RawAnswer:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
 
 
 Outcome = RawAnswer | ExchangeError

@@ -60,7 +60,7 @@ CODING_ON_HTTP10 = Refusal(400, "Transfer-Encoding on an HTTP/1.0 request")
 BAD_CODING = Refusal(400, "the only Transfer-Encoding served is chunked")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)   # the __init__ is ours: see RoutedRequest (routing.py)
 class Head:
     method: str
     target: str
@@ -70,6 +70,13 @@ class Head:
     body_start: int
     keep_alive: bool
     http10: bool
+
+    def __init__(self, method: str, target: str, match: PathMatch,
+                 headers: CIMultiDictProxy[str], length: int | None, body_start: int,
+                 keep_alive: bool, http10: bool) -> None:
+        self.method, self.target, self.match, self.headers = method, target, match, headers
+        self.length, self.body_start = length, body_start
+        self.keep_alive, self.http10 = keep_alive, http10
 
     @property
     def end(self) -> int:
@@ -135,7 +142,8 @@ class HeadReader:
     def read(self, raw: bytes, match: Callable[[str], PathMatch | None],
              limits: Mapping[str, int]) -> Head | Refusal | str:
         """The head, a refusal, or why it goes to aiohttp (an `edge_handovers` reason)."""
-        if not _REQUEST_LINE.match(raw):
+        line = _REQUEST_LINE.match(raw)
+        if line is None:
             return MALFORMED
         self._url, self._fields, self._complete = b"", [], False
         parser = self._parser = httptools.HttpRequestParser(self)
@@ -147,10 +155,12 @@ class HeadReader:
             return MALFORMED
         finally:
             self._parser = None            # the parser refers to this reader: no cycle kept
-        version = parser.get_http_version()
         if not self._complete:
             return MALFORMED
-        if version not in ("1.1", "1.0"):
+        # The version llhttp read, from the request line it accepted ("HTTP/1.1\r\n" ends it):
+        # asking llhttp builds the same string through a format call.
+        version = raw[line.end() - 5:line.end() - 2]
+        if version != b"1.1" and version != b"1.0":
             return BAD_VERSION
         if len(self._fields) > MAX_FIELDS:
             return TOO_MANY_FIELDS
@@ -160,10 +170,10 @@ class HeadReader:
                                 value.rstrip(b" \t").decode("utf-8", "surrogateescape"))
                                for name, value in self._fields])
         hosts = len(headers.getall("Host", ()))
-        if hosts > 1 or (hosts == 0 and version == "1.1"):    # RFC 9112 §3.2: 400
+        if hosts > 1 or (hosts == 0 and version == b"1.1"):    # RFC 9112 §3.2: 400
             return ONE_HOST
         if "Transfer-Encoding" in headers:
-            return _judge_coding(headers, version)
+            return _judge_coding(headers, version == b"1.0")
         if "Expect" in headers or "Upgrade" in headers or parser.should_upgrade():
             return "framing"
         if not self._url.startswith(b"/"):
@@ -186,15 +196,15 @@ class HeadReader:
                            f"/{found.endpoint}: send fewer events per request", "limit",
                            headers.get("Origin"))
         return Head(method, target, found, CIMultiDictProxy(headers), length, len(raw),
-                    self._keep_alive, version == "1.0")
+                    self._keep_alive, version == b"1.0")
 
 
-def _judge_coding(headers: CIMultiDict[str], version: str) -> Refusal | str:
+def _judge_coding(headers: CIMultiDict[str], http10: bool) -> Refusal | str:
     """A request with a body framed by Transfer-Encoding: only plain `chunked`, on HTTP/1.1,
     without Content-Length, goes to aiohttp; every other shape is a smuggler's."""
     if "Content-Length" in headers:
         return LENGTH_WITH_CODING
-    if version == "1.0":
+    if http10:
         return CODING_ON_HTTP10
     codings = headers.getall("Transfer-Encoding")
     if len(codings) != 1 or codings[0].strip().lower() != "chunked":
