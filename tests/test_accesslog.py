@@ -8,9 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.app import METRICS_KEY
-from proxy.ops.accesslog import ACCESS_LOGGER, truncate_ip
+from proxy.ops.accesslog import ACCESS_LOGGER, _milliseconds, truncate_ip
 from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
 from tests.support.fake_cdn import FakeCdn
 from tests.support.fakes import FakeUpstream
@@ -142,3 +144,12 @@ async def test_asset_requests_are_labelled_assets(
     assert line["path"] == "/libs/mixpanel-2-latest.min.js"
     registry = client.app[METRICS_KEY].registry
     assert sample(registry, "mixpanel_proxy_response_bytes_total", endpoint="assets") == len(body)
+
+
+@given(st.floats(min_value=0, max_value=3600, allow_nan=False))
+def test_durations_are_milliseconds_with_two_decimals(seconds: float) -> None:
+    written = _milliseconds(seconds)
+    whole, _, hundredths = written.partition(".")
+    assert whole.isdigit() and len(hundredths) == 2 and hundredths.isdigit()
+    # As "%.2f" writes them, give or take the rounding of a half hundredth.
+    assert abs(float(written) - seconds * 1000) <= 0.005 + 1e-9 * seconds * 1000
