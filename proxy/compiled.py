@@ -4,7 +4,7 @@
 modules as C extensions beside their `.py` source; Python imports an extension before a `.py` of
 the same name. Every other build is pure Python: the default `pip install .` and the editable
 dev install (`setup.py` never compiles for `pip install -e`: an extension in the source tree
-would shadow the `.py` being edited). Both builds pass the same fast tier (`.ci/compiled-suite`).
+would shadow the `.py` being edited). Both builds pass the same suite (`.ci/compiled-suite`).
 
 What is here: every module a plain SDK request runs through, from the edge's framing to the
 answer's bytes: the edge connection, head framing and answer writer; the plain path and the
