@@ -72,7 +72,8 @@ def main() -> None:
     metrics = Metrics(CollectorRegistry())
     health = RegionHealth(["us"], metrics, 60)
     request = make_mocked_request("POST", "/track", headers={"Content-Length": "120"})
-    facts = RequestFacts(endpoint="track", region="us", client_ip="203.0.113.9")
+    facts = RequestFacts()
+    facts.endpoint, facts.region, facts.client_ip = "track", "us", "203.0.113.9"
     truncate = ip_policy("truncated")
     costs = {
         "access_line (truncated IP)":
