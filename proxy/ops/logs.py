@@ -50,8 +50,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def _access_json(line: str, level: str = "info") -> str:
-    """An access line (a JSON object) with the level and logger spliced in."""
-    return f'{{"level":"{level}","logger":"{_ACCESS}",{line[1:]}' if line.startswith("{") else line
+    """An access line (a JSON object, `{...}`) with the level and logger spliced in."""
+    return f'{{"level":"{level}","logger":"{_ACCESS}",{line[1:]}'
 
 
 class AccessWriter:
