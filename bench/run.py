@@ -19,7 +19,9 @@ Scenarios (the first contender of each is its baseline; `front` is set beside `n
                    pool and proxy_ssl_session_reuse, the relay with [upstream] ca_file.
   track_defaults   each side with its default access logging: nginx's default access_log
                    (combined, to a file, unbuffered), the relay's embedded [log] defaults (one
-                   JSON line per request on stderr, to a file).
+                   JSON line per request on stderr, to a file); each beside itself with logs
+                   off in the same rounds, so what logging costs each side is a ratio of
+                   neighbouring runs (the median over rounds), not of two scenarios minutes apart.
   front_https      what a TLS deployment runs: the shipped front (its own access log) and the relay
                    (access log off, ca_file) with the HTTPS upstream, against nginx doing the same
                    job alone: TLS in with the front's TLS settings and log line, HTTPS out.
@@ -37,10 +39,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -76,6 +78,7 @@ from bench.workloads import ROOT, Workload, workloads  # noqa: E402
 class Scenario:
     workload: str
     contenders: tuple[str, ...]         # the first is the baseline, but see BASELINE
+    extras: bool = True                 # `relay_pure`, `relay_before` beside `relay`
 
 
 PLAIN = ("nginx", "relay", "nginx_tls", "front")
@@ -83,13 +86,18 @@ SCENARIOS = {
     "track": Scenario("track", ("nginx", "relay", "ceiling", "nginx_tls", "front")),
     "track_c10": Scenario("track_c10", PLAIN),
     "track_https": Scenario("track", ("nginx_https", "relay_https")),
-    "track_defaults": Scenario("track", ("nginx_logged", "relay_logged")),
+    "track_defaults": Scenario("track", ("nginx", "nginx_logged", "relay", "relay_logged"),
+                               extras=False),
     "front_https": Scenario("track", ("nginx_tls_https", "front_https")),
     "record": Scenario("record", PLAIN),
     "bundle": Scenario("bundle", PLAIN),
 }
 # The TLS front is set beside the nginx that also takes TLS in.
-BASELINE = {"front": "nginx_tls", "nginx_tls": "nginx_tls"}
+# The relay logging by default is set beside nginx logging by default.
+BASELINE = {"front": "nginx_tls", "nginx_tls": "nginx_tls", "relay_logged": "nginx_logged",
+            "nginx_logged": "nginx_logged"}
+# What default access logging costs each side: its logged contender against its quiet one.
+LOGGING = {"nginx": ("nginx", "nginx_logged"), "relay": ("relay", "relay_logged")}
 Contender = tuple[str, list[int]]       # base URL, the pids whose CPU counts
 
 
@@ -181,8 +189,8 @@ def compiled_tree(target: Path) -> Path:
 
 
 def run_scenario(name: str, scenario: Scenario, workload: Workload, lab: Lab,
-                 args: argparse.Namespace) -> list[Result]:
-    """Every contender, run by run (alternating), the median of each."""
+                 args: argparse.Namespace) -> dict[str, list[Result]]:
+    """Every contender, run by run (alternating): each one's runs in order."""
     script = wrk_script(lab.work, name, workload.method, workload.body, workload.headers)
     contenders = {contender: lab[contender] for contender in scenario.contenders}
     runs: dict[str, list[Result]] = {contender: [] for contender in contenders}
@@ -193,7 +201,7 @@ def run_scenario(name: str, scenario: Scenario, workload: Workload, lab: Lab,
             runs[contender].append(measure(name, contender, f"{base}{path}", script,
                                            workload.connections, args.duration, pids,
                                            workload.size, lab.harness))
-    return [median_result(r) for r in runs.values()]
+    return runs
 
 
 def header(before: dict[str, str], after: dict[str, str], args: argparse.Namespace) -> str:
@@ -207,7 +215,7 @@ def baseline_of(result: Result, scenario: Scenario) -> str:
     return BASELINE.get(result.contender, scenario.contenders[0])
 
 
-def markdown(results: list[Result]) -> str:
+def markdown(results: list[Result], log_costs: dict[str, list[float]]) -> str:
     lines = ["| scenario | contender | req/s | p50 ms | p99 ms | CPU µs/req | MB/s | errors "
              "| others' CPU % | req/s vs nginx | CPU vs nginx |", "|---" * 11 + "|"]
     rows = {(r.scenario, r.contender): r for r in results}
@@ -219,21 +227,24 @@ def markdown(results: list[Result]) -> str:
         lines.append(f"| {r.scenario} | {r.contender} | {r.requests_per_s:,.0f} | {r.p50_ms:.2f} "
                      f"| {r.p99_ms:.2f} | {r.cpu_us_per_request:.0f} | {r.mb_per_s:.1f} "
                      f"| {r.errors} | {r.others_cpu_pct:.0f} | {ratio} | {cpu} |")
-    return "\n".join(lines + list(log_cost(rows)))
+    if log_costs:
+        lines += ["", "Throughput change with default access logging (track_defaults, the median "
+                  "of each round's logged run against its logs-off run, and their range): " +
+                  ", ".join(f"{side} {statistics.median(costs):+.1%} ({min(costs):+.1%} to "
+                            f"{max(costs):+.1%})" for side, costs in log_costs.items()) + "."]
+    return "\n".join(lines)
 
 
-def log_cost(rows: dict[tuple[str, str], Result]) -> Iterator[str]:
-    """What default access logging costs each side, as a fraction of its logs-off throughput."""
-    pairs = {"nginx": ("nginx", "nginx_logged"), "relay": ("relay", "relay_logged")}
-    costs = []
-    for side, (off, on) in pairs.items():
-        quiet, logged = rows.get(("track", off)), rows.get(("track_defaults", on))
-        if quiet and logged and quiet.requests_per_s:
-            costs.append(f"{side} {logged.requests_per_s / quiet.requests_per_s - 1:+.0%}")
-    if costs:
-        yield ""
-        yield "Throughput change with default access logging (track → track_defaults): " + \
-              ", ".join(costs) + "."
+def log_costs(runs: dict[str, list[Result]]) -> dict[str, list[float]]:
+    """What default access logging costs each side, as a fraction of its logs-off throughput,
+    round by round (the two runs neighbours in time); the report gives their median."""
+    costs = {}
+    for side, (off, on) in LOGGING.items():
+        pairs = [(quiet.requests_per_s, logged.requests_per_s)
+                 for quiet, logged in zip(runs.get(off, []), runs.get(on, []), strict=True)]
+        if pairs and all(quiet for quiet, _ in pairs):
+            costs[side] = [logged / quiet - 1 for quiet, logged in pairs]
+    return costs
 
 
 def parse_args() -> argparse.Namespace:
@@ -266,6 +277,7 @@ def main() -> int:
     args = parse_args()
     before = machine()
     results: list[Result] = []
+    costs: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         lab = Lab(Path(tmp), args, stack)
         loads = workloads(lab.static)
@@ -273,17 +285,20 @@ def main() -> int:
             scenario = SCENARIOS[name]
             extra = (("relay_pure",) if args.compiled else ()) + \
                 (("relay_before",) if args.before else ())
-            if "relay" in scenario.contenders:
+            if "relay" in scenario.contenders and scenario.extras:
                 scenario = Scenario(scenario.workload, (*scenario.contenders, *extra))
-            results += run_scenario(name, scenario, loads[scenario.workload], lab, args)
-    report = header(before, machine(), args) + "\n\n" + markdown(results)
+            runs = run_scenario(name, scenario, loads[scenario.workload], lab, args)
+            results += [median_result(contender_runs) for contender_runs in runs.values()]
+            if name == "track_defaults":
+                costs = log_costs(runs)
+    report = header(before, machine(), args) + "\n\n" + markdown(results, costs)
     print(report)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.md").write_text(report + "\n")
     (out / "bench.json").write_text(json.dumps(
         {"machine": before, "runs": args.runs, "duration_s": args.duration,
-         "results": [asdict(r) for r in results]}, indent=2) + "\n")
+         "results": [asdict(r) for r in results], "logging_cost": costs}, indent=2) + "\n")
     return 0
 
 

@@ -150,3 +150,34 @@ def test_another_handler_gets_the_lines_through_logging(stream: CountingStream,
 
 def test_before_setup_logging_there_is_no_writer(stream: CountingStream) -> None:
     assert logs.access_writer() is None
+
+
+async def test_a_handler_added_while_a_batch_waits_gets_the_lines_from_the_next_batch_on(
+        stream: CountingStream) -> None:
+    logs.setup_logging(parse_config({}).log, stream)
+    writer = logs.access_writer()
+    assert writer is not None
+    writer.write(access(1))                    # a batch opens: its checks hold until written
+    capture = Capture()
+    logging.getLogger().addHandler(capture)
+    try:
+        assert logs.access_writer() is writer
+        writer.write(access(2))
+        await asyncio.sleep(WRITTEN)
+        assert stream.getvalue().splitlines() == [access(1), access(2)]
+        assert logs.access_writer() is None        # asked again: someone else listens now
+        ACCESS_LOGGER.info(access(3))
+        assert capture.lines == [access(3)]
+    finally:
+        logging.getLogger().removeHandler(capture)
+
+
+def test_no_writer_while_the_access_logger_is_above_info(stream: CountingStream) -> None:
+    logs.setup_logging(parse_config({}).log, stream)
+    level = ACCESS_LOGGER.level
+    ACCESS_LOGGER.setLevel(logging.WARNING)
+    try:
+        assert logs.access_writer() is None
+    finally:
+        ACCESS_LOGGER.setLevel(level)
+    assert logs.access_writer() is not None

@@ -10,9 +10,22 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import CollectorRegistry
 
 from proxy.app import METRICS_KEY
-from proxy.ops.accesslog import ACCESS_LOGGER, _milliseconds, truncate_ip
+from proxy.ops.accesslog import (
+    _MILLISECONDS_KEPT,
+    ACCESS_LOGGER,
+    AccessRecorder,
+    RequestFacts,
+    _milliseconds,
+    _milliseconds_text,
+    ip_policy,
+    truncate_ip,
+)
+from proxy.ops.metrics import Metrics
+from proxy.server.edge.wire import LeanRequest
 from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
 from tests.support.fake_cdn import FakeCdn
 from tests.support.fakes import FakeUpstream
@@ -153,3 +166,42 @@ def test_durations_are_milliseconds_with_two_decimals(seconds: float) -> None:
     assert whole.isdigit() and len(hundredths) == 2 and hundredths.isdigit()
     # As "%.2f" writes them, give or take the rounding of a half hundredth.
     assert abs(float(written) - seconds * 1000) <= 0.005 + 1e-9 * seconds * 1000
+
+
+def test_remembered_durations_are_bounded_and_still_right() -> None:
+    for hundredths in range(_MILLISECONDS_KEPT * 2):
+        assert _milliseconds(hundredths / 100_000) == f"{hundredths / 100:.2f}"
+    assert len(_milliseconds_text) <= _MILLISECONDS_KEPT
+
+
+def test_remembered_client_ips_are_bounded_and_shown_by_policy() -> None:
+    """A client chooses its X-Forwarded-For: the recorder's memory of the IPs it has shown
+    stays bounded, and every line still shows its own client's network."""
+    recorder = AccessRecorder(Metrics(CollectorRegistry()), True, ip_policy("truncated"))
+    capture = Capture()
+    ACCESS_LOGGER.addHandler(capture)
+    level = ACCESS_LOGGER.level
+    ACCESS_LOGGER.setLevel(logging.INFO)
+    try:
+        count = 5000
+        for n in range(count):
+            facts = RequestFacts()
+            facts.endpoint, facts.client_ip = "track", f"10.{n // 256 % 256}.{n % 256}.7"
+            request = LeanRequest("POST", "/track?ip=1", CIMultiDictProxy(CIMultiDict()),
+                                  "127.0.0.1", 0, b"")
+            recorder.record(request, facts, 200, 1, 0.0)
+    finally:
+        ACCESS_LOGGER.removeHandler(capture)
+        ACCESS_LOGGER.setLevel(level)
+    shown = [json.loads(line)["client_ip"] for line in capture.lines]
+    assert shown == [f"10.{n // 256 % 256}.{n % 256}.0" for n in range(count)]
+    assert len(recorder._shown_ips) <= 4096
+
+
+class Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
