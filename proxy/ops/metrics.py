@@ -15,7 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
 
 from . import multiproc
-from .tally import Tally
+from .tally import Tally, TallyFirst
 
 T = TypeVar("T", Counter, Gauge, Histogram)
 
@@ -50,6 +50,10 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # The request path's updates, applied together (tally.py); any read of the registry
+        # applies them first, so TallyFirst goes in before any metric.
+        self.tally = Tally()
+        r.register(TallyFirst(self.tally))
         # How each gauge combines over workers (multiproc.Publisher), noted as it is made.
         modes: dict[str, str] = {}
 
@@ -181,8 +185,6 @@ class Metrics:
             self.edge_handovers.labels(reason)
         self._publisher = multiproc.Publisher(self.registry, modes) \
             if multiproc.active() else None
-        # The request path's updates, applied once per turn of the loop (tally.py).
-        self.tally = Tally()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._routes: dict[tuple[str, str], RouteMeters] = {}
         for reason in REJECTION_REASONS:

@@ -1,16 +1,25 @@
-"""`Tally`: the request path's metric updates of one turn of the event loop, applied together
-at its end.
+"""`Tally`: the request path's metric updates, applied together at most WINDOW_SECONDS later,
+or at once when anything reads the registry.
 
 A prometheus_client update takes a lock and validates the metric on every call; a /track request
 makes about ten of them, which measured as a tenth of the relay's CPU per request. Collected in a
-dict per turn and applied once per series, they cost a dict update each. A scrape, a page or a
-publish to the other workers (all answered on later turns) sees every update of earlier turns.
+dict, they cost a dict update each, and a counter's updates of a whole window become one `inc`
+(applied once per turn of the loop, they still cost a twentieth of a request: a turn holds a
+request or two). Nothing reads a stale value: `TallyFirst`, registered ahead of every metric,
+applies what waits whenever the registry is collected (a scrape, a page, a publish to the other
+workers, a test's read).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from collections.abc import Iterator
+from typing import Final, Protocol
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+WINDOW_SECONDS: Final = 0.1
 
 
 class _Incrementable(Protocol):
@@ -25,13 +34,13 @@ class Tally:
     __slots__ = ("_counts", "_observed", "_loop", "_due")
 
     def __init__(self) -> None:
-        self._counts: dict[_Incrementable, float] = {}     # a series -> its increment this turn
+        self._counts: dict[_Incrementable, float] = {}     # a series -> its increment, waiting
         self._observed: list[tuple[_Observable, float]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due = False
 
     def add(self, series: _Incrementable, amount: float = 1.0) -> None:
-        """`series.inc(amount)` at the end of this turn (a Gauge takes negative amounts)."""
+        """`series.inc(amount)` soon (a Gauge takes negative amounts)."""
         counts = self._counts
         counts[series] = counts.get(series, 0.0) + amount
         if not self._due:
@@ -48,7 +57,7 @@ class Tally:
             self.flush()
             return
         self._due = True
-        loop.call_soon(self.flush)
+        loop.call_later(WINDOW_SECONDS, self.flush)
 
     def flush(self) -> None:
         self._due = False
@@ -59,6 +68,21 @@ class Tally:
                 series.inc(amount)
         for histogram, value in observed:
             histogram.observe(value)
+
+
+class TallyFirst(Collector):
+    """Registered before every metric: collecting the registry applies what the tally holds
+    first, so every reader sees every update made before it read."""
+
+    def __init__(self, tally: Tally) -> None:
+        self._tally = tally
+
+    def describe(self) -> list[Metric]:
+        return []               # no series of its own: it never clashes with a metric's name
+
+    def collect(self) -> Iterator[Metric]:
+        self._tally.flush()
+        return iter(())
 
 
 def running_loop(known: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop | None:
