@@ -61,6 +61,7 @@ MODULES: tuple[str, ...] = (
     "proxy/relay/plain.py",
     "proxy/server/edge/connection.py",
     "proxy/ops/tally.py",
+    "proxy/ops/latency.py",
     "proxy/ops/metrics.py",
     "proxy/ops/health.py",
     "proxy/ops/accesslog.py",

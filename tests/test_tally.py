@@ -1,30 +1,26 @@
-"""Tally: updates batched over a window export exactly what the same updates made one by one
-through prometheus_client would (compared on the exposition text), and any read of the registry
-sees them all."""
+"""Tally: counter and gauge updates batched over a window export exactly what the same updates
+made one by one through prometheus_client would (compared on the exposition text), and any read
+of the registry sees them all."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import generate_latest
 
 from proxy.ops.metrics import Metrics
 from proxy.ops.tally import WINDOW_SECONDS, Tally
 from tests.support.metrics import sample
 
-BUCKETS = (0.001, 0.01, 0.1, 1.0)
-# On a bound, between bounds, below the first, past the last, zero, negative, twice the same.
-VALUES = [0.001, 0.0005, 0.01, 0.05, 0.05, 1.0, 7.5, 0.0, -1.0, 0.1000001]
+AMOUNTS = [10, 0.5, 0, 2048, 1]
 
 
-def histograms() -> tuple[CollectorRegistry, Histogram, Counter]:
+def meters() -> tuple[CollectorRegistry, Counter, Gauge]:
     registry = CollectorRegistry()
-    latency = Histogram("latency_seconds", "test", ("region",), buckets=BUCKETS,
-                        registry=registry)
     sent = Counter("sent_bytes", "test", ("region",), registry=registry)
-    return registry, latency, sent
+    busy = Gauge("busy", "test", registry=registry)
+    return registry, sent, busy
 
 
 def exposition(registry: CollectorRegistry) -> list[str]:
@@ -32,22 +28,26 @@ def exposition(registry: CollectorRegistry) -> list[str]:
             if "_created" not in line]   # creation times differ between the two registries
 
 
-async def test_a_window_of_updates_exports_what_observe_and_inc_would() -> None:
-    expected, latency, sent = histograms()
-    for value in VALUES:
-        latency.labels("us").observe(value)
-        sent.labels("us").inc(10)
-    latency.labels("eu").observe(0.02)
+async def test_a_window_of_updates_exports_what_inc_would() -> None:
+    expected, sent, busy = meters()
+    for amount in AMOUNTS:
+        sent.labels("us").inc(amount)
+        busy.inc()
+        busy.dec()
+    sent.labels("eu").inc(3)
+    busy.inc()
 
-    batched, latency, sent = histograms()
+    batched, sent, busy = meters()
     tally = Tally()
-    for value in VALUES:                          # turns apart, within one window
-        tally.observe(latency.labels("us"), value)
-        tally.add(sent.labels("us"), 10)
+    for amount in AMOUNTS:                        # turns apart, within one window
+        tally.add(sent.labels("us"), amount)
+        tally.add(busy)
+        tally.add(busy, -1)
         await asyncio.sleep(0)
-    tally.observe(latency.labels("eu"), 0.02)
+    tally.add(sent.labels("eu"), 3)
+    tally.add(busy)
     # A registry without TallyFirst (Metrics registers one) shows nothing until the window ends.
-    assert 'latency_seconds_count{region="us"} 0.0' in exposition(batched)
+    assert 'sent_bytes_total{region="us"} 0.0' in exposition(batched)
     assert exposition(batched) != exposition(expected)
     await asyncio.sleep(WINDOW_SECONDS * 2 + 0.05)     # surely past the window: applied
     assert exposition(batched) == exposition(expected)
@@ -58,29 +58,16 @@ async def test_reading_the_registry_applies_what_the_tally_holds_first() -> None
     requests = metrics.child(metrics.requests, "track", "us", "2xx")
     for _ in range(3):
         metrics.tally.add(requests)
-    metrics.tally.observe(metrics.route("track", "us").upstream_seconds, 0.2)
+    metrics.tally.add(metrics.in_flight)
     # Within the window: a read (a scrape, a page, a test) sees every update made before it.
     assert sample(metrics.registry, "mixpanel_proxy_requests_total", endpoint="track",
                   region="us", status="2xx") == 3
-    assert sample(metrics.registry, "mixpanel_proxy_upstream_seconds_count", region="us",
-                  endpoint="track") == 1
+    assert sample(metrics.registry, "mixpanel_proxy_in_flight_requests") == 1
     metrics.tally.add(requests)
     assert b'status="2xx"} 4.0' in metrics.exposition()
 
 
-async def test_nan_is_summed_and_counted_in_no_bucket_as_observe_does() -> None:
-    expected, latency, _ = histograms()
-    for value in (math.nan, 0.5):
-        latency.labels("us").observe(value)
-    batched, latency_b, _ = histograms()
-    tally = Tally()
-    for value in (math.nan, 0.5):
-        tally.observe(latency_b.labels("us"), value)
-    tally.flush()
-    assert exposition(batched) == exposition(expected)
-
-
 def test_without_a_loop_updates_apply_at_once() -> None:
-    registry, latency, _ = histograms()
-    Tally().observe(latency.labels("us"), 0.05)
-    assert 'latency_seconds_count{region="us"} 1.0' in exposition(registry)
+    registry, sent, _ = meters()
+    Tally().add(sent.labels("us"), 5)
+    assert 'sent_bytes_total{region="us"} 5.0' in exposition(registry)

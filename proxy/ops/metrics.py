@@ -10,14 +10,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
 
 from . import multiproc
+from .latency import LatencyHistogram, LatencySeries
 from .tally import Tally, TallyFirst
 
-T = TypeVar("T", Counter, Gauge, Histogram)
+T = TypeVar("T", Counter, Gauge)
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST", "REJECTION_REASONS"]
 
@@ -42,7 +43,7 @@ EDGE_HANDOVER_REASONS = ("target", "method", "framing")
 @dataclass(slots=True)
 class RouteMeters:
     upstream_bytes: Counter
-    upstream_seconds: Histogram
+    upstream_seconds: LatencySeries
     upstream_response_bytes: Counter
 
 
@@ -72,9 +73,9 @@ class Metrics:
         self.rejections = Counter(
             "mixpanel_proxy_rejections", "Requests the relay refused itself, by reason.",
             ("reason",), registry=r)
-        self.upstream_seconds = Histogram(
+        self.upstream_seconds = LatencyHistogram(     # observed per exchange: see latency.py
             "mixpanel_proxy_upstream_seconds", "Upstream request latency.",
-            ("region", "endpoint"), buckets=_LATENCY_BUCKETS, registry=r)
+            ("region", "endpoint"), _LATENCY_BUCKETS, r)
         self.upstream_failures = Counter(
             "mixpanel_proxy_upstream_failures", "Upstream attempts that failed, by kind "
             "(connect, timeout, status_5xx, status_429, redirect).", ("region", "kind"), registry=r)

@@ -1,13 +1,15 @@
-"""`Tally`: the request path's metric updates, applied together at most WINDOW_SECONDS later,
-or at once when anything reads the registry.
+"""`Tally`: the request path's counter and gauge updates, applied together at most
+WINDOW_SECONDS later, or at once when anything reads the registry.
 
 A prometheus_client update takes a lock and validates the metric on every call; a /track request
 makes about ten of them, which measured as a tenth of the relay's CPU per request. Collected in a
 dict, they cost a dict update each, and a counter's updates of a whole window become one `inc`
 (applied once per turn of the loop, they still cost a twentieth of a request: a turn holds a
-request or two). Nothing reads a stale value: `TallyFirst`, registered ahead of every metric,
-applies what waits whenever the registry is collected (a scrape, a page, a publish to the other
-workers, a test's read).
+request or two). The upstream latency histogram has its own cheap path (latency.py).
+
+Nothing reads a stale value: `TallyFirst`, registered ahead of every metric, applies what waits
+whenever the registry is collected (a scrape, a page, a publish to the other workers, a test's
+read).
 """
 
 from __future__ import annotations
@@ -26,16 +28,11 @@ class _Incrementable(Protocol):
     def inc(self, amount: float = 1) -> None: ...
 
 
-class _Observable(Protocol):
-    def observe(self, amount: float) -> None: ...
-
-
 class Tally:
-    __slots__ = ("_counts", "_observed", "_loop", "_due")
+    __slots__ = ("_counts", "_loop", "_due")
 
     def __init__(self) -> None:
         self._counts: dict[_Incrementable, float] = {}     # a series -> its increment, waiting
-        self._observed: list[tuple[_Observable, float]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due = False
 
@@ -43,11 +40,6 @@ class Tally:
         """`series.inc(amount)` soon (a Gauge takes negative amounts)."""
         counts = self._counts
         counts[series] = counts.get(series, 0.0) + amount
-        if not self._due:
-            self._schedule()
-
-    def observe(self, series: _Observable, value: float) -> None:
-        self._observed.append((series, value))
         if not self._due:
             self._schedule()
 
@@ -62,12 +54,9 @@ class Tally:
     def flush(self) -> None:
         self._due = False
         counts, self._counts = self._counts, {}
-        observed, self._observed = self._observed, []
         for series, amount in counts.items():
             if amount:
                 series.inc(amount)
-        for histogram, value in observed:
-            histogram.observe(value)
 
 
 class TallyFirst(Collector):

@@ -330,9 +330,8 @@ class ApiRelay:
             self._metrics.upstream_failures.labels(region, outcome.kind).inc()
             self._health.failed(region, outcome.message)
             return
-        tally = self._metrics.tally
-        tally.observe(meters.upstream_seconds, seconds)
-        tally.add(meters.upstream_response_bytes, len(outcome.body))
+        meters.upstream_seconds.observe(seconds)
+        self._metrics.tally.add(meters.upstream_response_bytes, len(outcome.body))
         if outcome.status >= 500:   # reachable, but not serving: not ready either
             self._health.failed(region, f"answered {outcome.status}")
         else:
