@@ -9,10 +9,16 @@ import asyncio
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+import proxy
 from proxy.config import parse_config
 from proxy.ops import logs
 from proxy.ops.accesslog import ACCESS_LOGGER
@@ -23,10 +29,14 @@ class CountingStream(io.StringIO):
 
     def __init__(self) -> None:
         super().__init__()
-        self.writes = 0
+        self.texts: list[str] = []
+
+    @property
+    def writes(self) -> int:
+        return len(self.texts)
 
     def write(self, text: str) -> int:
-        self.writes += 1
+        self.texts.append(text)
         return super().write(text)
 
 
@@ -65,17 +75,20 @@ async def test_lines_reach_stderr_together_soon(stream: CountingStream) -> None:
     assert stream.getvalue().splitlines() == [access(n) for n in range(20)]
 
 
-async def test_past_flush_bytes_the_lines_are_written_at_once(stream: CountingStream) -> None:
+async def test_each_write_is_whole_lines_within_flush_bytes(stream: CountingStream) -> None:
     logs.setup_logging(parse_config({}).log, stream)
     writer = logs.access_writer()
     assert writer is not None
-    line = access(1)
-    count = logs.FLUSH_BYTES // len(line) + 2
-    for _ in range(count):
-        writer.write(line)
-    assert stream.writes == 1                      # no wait: the buffer is bounded
-    written = stream.getvalue().count("\n")
-    assert count - 2 <= written < count            # the rest waits for the next flush
+    per_write = logs.FLUSH_BYTES // (len(access(10)) + 1)
+    count = per_write * 3 + 2
+    for n in range(10, 10 + count):
+        writer.write(access(n))
+    assert stream.writes == 3                      # no wait for the full ones: bounded
+    await asyncio.sleep(WRITTEN)
+    assert stream.writes == 4
+    assert stream.getvalue().splitlines() == [access(n) for n in range(10, 10 + count)]
+    assert all(len(text.encode()) <= logs.FLUSH_BYTES and text.endswith("\n")
+               for text in stream.texts)
 
 
 def test_flush_access_lines_writes_what_waits(stream: CountingStream) -> None:
@@ -181,3 +194,48 @@ def test_no_writer_while_the_access_logger_is_above_info(stream: CountingStream)
     finally:
         ACCESS_LOGGER.setLevel(level)
     assert logs.access_writer() is not None
+
+
+WORKER = """
+import asyncio, os, sys
+from proxy.config import parse_config
+from proxy.ops import logs
+
+logs.setup_logging(parse_config({}).log, os.fdopen(int(sys.argv[1]), "w"))
+
+
+async def main() -> None:
+    writer = logs.access_writer()
+    for n in range(int(sys.argv[3])):
+        writer.write('{"worker":%s,"n":%d,"pad":"%s"}' % (sys.argv[2], n, "x" * 300))
+        if n % 20 == 0:
+            await asyncio.sleep(0)
+
+asyncio.run(main())
+logs.flush_access_lines()
+"""
+
+
+def test_workers_sharing_a_pipe_never_tear_each_others_lines() -> None:
+    """Workers share stderr, a pipe under a container runtime: with the pipe full (a slow
+    reader), every write is taken whole or waits, and every line arrives intact."""
+    lines_each = 1500
+    read_end, write_end = os.pipe()
+    package_root = Path(proxy.__file__).resolve().parent.parent
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(write_end), str(worker),
+                                 str(lines_each)], pass_fds=(write_end,), cwd=package_root,
+                                env={**os.environ, "PYTHONPATH": str(package_root)})
+               for worker in (1, 2)]
+    os.close(write_end)
+    received = bytearray()
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        time.sleep(0.3)                           # both writers fill the pipe and wait
+        while chunk := pipe.read(1024):           # then take turns as it drains slowly
+            received += chunk
+            time.sleep(0.0002)
+    assert [worker.wait(timeout=30) for worker in workers] == [0, 0]
+    seen: dict[int, list[int]] = {1: [], 2: []}
+    for line in received.decode().splitlines():
+        entry = json.loads(line)                  # a torn line fails here
+        seen[entry["worker"]].append(entry["n"])
+    assert seen == {1: list(range(lines_each)), 2: list(range(lines_each))}

@@ -8,11 +8,16 @@ Access lines skip the logging module when they can (`AccessWriter`): through it,
 /track request more than a tenth of its CPU (a LogRecord, the handler's lock, the formatter, and
 a write and a flush of its own on stderr, which Python line-buffers). While the access logger's
 lines go only where `setup_logging` sent every line, the writer formats each as that handler
-would and writes them together: at most FLUSH_SECONDS after the first of them, or at once past
-FLUSH_BYTES (nginx's `access_log ... buffer= flush=`, with a far shorter wait), and before the
-worker ends. Any other handler (a test's capture, an application embedding the relay) gets them
-through logging, as before. Order: any other line (a warning) goes after the access lines
-already waiting (the handler's filter writes them first).
+would and writes them together: at most FLUSH_SECONDS after the first of them, or at once when
+the next would take a write past FLUSH_BYTES (nginx's `access_log ... buffer= flush=`, with a
+far shorter wait), and before the worker ends. FLUSH_BYTES is PIPE_BUF: every worker writes to
+the same stderr, a pipe under a container runtime or a supervisor, and a pipe takes a write of
+at most PIPE_BUF bytes whole, so two workers' lines never interleave mid-line (a longer write
+may be split when the pipe is full, with the other worker's bytes in between).
+
+Any other handler (a test's capture, an application embedding the relay) gets the lines through
+logging, as before. Order: any other line (a warning) goes after the access lines already
+waiting (the handler's filter writes them first).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import select
 import sys
 import time
 from typing import Final, TextIO
@@ -32,7 +38,7 @@ __all__ = ["AccessWriter", "JsonFormatter", "access_writer", "announce", "flush_
 
 _ACCESS: Final = "mixpanel_proxy.access"
 FLUSH_SECONDS: Final = 0.1   # an access line waits at most this long to be written
-FLUSH_BYTES: Final = 64 * 1024   # ... or until this much is waiting
+FLUSH_BYTES: Final = select.PIPE_BUF   # ... or until this much is waiting (the docstring)
 _json_mode: Final = [False]
 
 
@@ -57,7 +63,7 @@ def _access_json(line: str, level: str = "info") -> str:
 class AccessWriter:
     """Access lines written together, soon (see the module's docstring)."""
 
-    __slots__ = ("_handler", "_json", "_lines", "_size", "_loop")
+    __slots__ = ("_handler", "_json", "_lines", "_size", "_loop", "_due")
 
     def __init__(self, handler: logging.StreamHandler[TextIO], json_mode: bool) -> None:
         self._handler = handler
@@ -65,6 +71,7 @@ class AccessWriter:
         self._lines: list[str] = []
         self._size = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._due = False               # a flush is scheduled on `_loop`
 
     def takes(self) -> bool:
         """Whether an access line now goes to this writer: the access logger's lines go to its
@@ -81,20 +88,31 @@ class AccessWriter:
     def write(self, line: str) -> None:
         if self._json:
             line = _access_json(line)
-        if not self._lines and not self._schedule():
+        size = len(line) + 1            # ASCII: the line's JSON escapes everything else
+        if self._size + size > FLUSH_BYTES:
+            self.flush()
+        if not self._lines and not self._scheduled():
             self._write(line + "\n")
             return
         self._lines.append(line)
-        self._size += len(line)
-        if self._size > FLUSH_BYTES:
-            self.flush()
+        self._size += size
 
-    def _schedule(self) -> bool:
-        loop = self._loop = running_loop(self._loop)
-        if loop is None:                # no loop (a command): at once
+    def _scheduled(self) -> bool:
+        """Whether a flush is due within FLUSH_SECONDS: one already is (a batch written early
+        for its size leaves it pending), or one is now; False without a loop (a command)."""
+        loop = self._loop
+        if self._due and loop is not None and not loop.is_closed():
+            return True
+        loop = self._loop = running_loop(loop)
+        if loop is None:
             return False
-        loop.call_later(FLUSH_SECONDS, self.flush)
+        self._due = True
+        loop.call_later(FLUSH_SECONDS, self._flush_due)
         return True
+
+    def _flush_due(self) -> None:
+        self._due = False
+        self.flush()
 
     def flush(self) -> None:
         if self._lines:
