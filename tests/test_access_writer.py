@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import select
 import subprocess
 import sys
 import time
@@ -239,3 +240,30 @@ def test_workers_sharing_a_pipe_never_tear_each_others_lines() -> None:
         entry = json.loads(line)                  # a torn line fails here
         seen[entry["worker"]].append(entry["n"])
     assert seen == {1: list(range(lines_each)), 2: list(range(lines_each))}
+
+
+def test_batches_grow_larger_on_a_regular_file_than_on_a_pipe(tmp_path: Path) -> None:
+    """A regular file takes any write whole, so its batches may hold FILE_FLUSH_BYTES; a pipe
+    (what a container runtime gives) only PIPE_BUF; a stream without a descriptor as a pipe."""
+    read_end, write_end = os.pipe()
+    with open(tmp_path / "stderr", "w") as file, os.fdopen(write_end, "w") as pipe:
+        assert logs.batch_limit(file) == logs.FILE_FLUSH_BYTES
+        assert logs.batch_limit(pipe) == logs.FLUSH_BYTES == select.PIPE_BUF
+        assert logs.batch_limit(io.StringIO()) == logs.FLUSH_BYTES
+    os.close(read_end)
+
+
+async def test_on_a_regular_file_four_pipes_worth_wait_as_one_batch(
+        stream: CountingStream, tmp_path: Path) -> None:
+    """(`stream` only restores the root logger afterwards.)"""
+    path = tmp_path / "stderr"
+    with open(path, "w") as file:
+        logs.setup_logging(parse_config({}).log, file)
+        writer = logs.access_writer()
+        assert writer is not None
+        count = 4 * logs.FLUSH_BYTES // (len(access(100)) + 1)
+        for n in range(100, 100 + count):
+            writer.write(access(n))
+        assert path.stat().st_size == 0            # one batch, still waiting for its time
+        await asyncio.sleep(WRITTEN)
+        assert path.read_text().splitlines() == [access(n) for n in range(100, 100 + count)]

@@ -13,7 +13,9 @@ the next would take a write past FLUSH_BYTES (nginx's `access_log ... buffer= fl
 far shorter wait), and before the worker ends. FLUSH_BYTES is PIPE_BUF: every worker writes to
 the same stderr, a pipe under a container runtime or a supervisor, and a pipe takes a write of
 at most PIPE_BUF bytes whole, so two workers' lines never interleave mid-line (a longer write
-may be split when the pipe is full, with the other worker's bytes in between).
+may be split when the pipe is full, with the other worker's bytes in between). A regular file
+takes every write whole (the kernel's lock on the shared file position, or O_APPEND), so there
+batches grow to FILE_FLUSH_BYTES: fewer, larger writes.
 
 Any other handler (a test's capture, an application embedding the relay) gets the lines through
 logging, as before. Order: any other line (a warning) goes after the access lines already
@@ -25,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import select
+import stat
 import sys
 import time
 from typing import Final, TextIO
@@ -39,6 +43,7 @@ __all__ = ["AccessWriter", "JsonFormatter", "access_writer", "announce", "flush_
 _ACCESS: Final = "mixpanel_proxy.access"
 FLUSH_SECONDS: Final = 0.1   # an access line waits at most this long to be written
 FLUSH_BYTES: Final = select.PIPE_BUF   # ... or until this much is waiting (the docstring)
+FILE_FLUSH_BYTES: Final = 64 * 1024    # ... when stderr is a regular file
 _json_mode: Final = [False]
 
 
@@ -63,11 +68,12 @@ def _access_json(line: str, level: str = "info") -> str:
 class AccessWriter:
     """Access lines written together, soon (see the module's docstring)."""
 
-    __slots__ = ("_handler", "_json", "_lines", "_size", "_loop", "_due")
+    __slots__ = ("_handler", "_json", "_limit", "_lines", "_size", "_loop", "_due")
 
     def __init__(self, handler: logging.StreamHandler[TextIO], json_mode: bool) -> None:
         self._handler = handler
         self._json = json_mode
+        self._limit = batch_limit(handler.stream)
         self._lines: list[str] = []
         self._size = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -89,7 +95,7 @@ class AccessWriter:
         if self._json:
             line = _access_json(line)
         size = len(line) + 1            # ASCII: the line's JSON escapes everything else
-        if self._size + size > FLUSH_BYTES:
+        if self._size + size > self._limit:
             self.flush()
         if not self._lines and not self._scheduled():
             self._write(line + "\n")
@@ -134,6 +140,15 @@ class AccessWriter:
         """The handler's filter: any other line goes after the access lines waiting."""
         self.flush()
         return True
+
+
+def batch_limit(stream: TextIO) -> int:
+    """The most one write of access lines may hold on `stream` (the module's docstring)."""
+    try:
+        regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError):   # no descriptor (a StringIO): as careful as for a pipe
+        regular = False
+    return FILE_FLUSH_BYTES if regular else FLUSH_BYTES
 
 
 # Final module names are C statics once compiled (proxy/compiled.py): no dict lookup per line.
