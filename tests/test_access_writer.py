@@ -23,6 +23,7 @@ import proxy
 from proxy.config import parse_config
 from proxy.ops import logs
 from proxy.ops.accesslog import ACCESS_LOGGER
+from tests.support.logcapture import MessageCapture
 
 
 class CountingStream(io.StringIO):
@@ -136,20 +137,11 @@ def test_without_a_loop_a_line_is_written_at_once(stream: CountingStream) -> Non
     assert stream.getvalue() == access(1) + "\n"
 
 
-class Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 @pytest.mark.parametrize("listener", ["root", "access"])
 def test_another_handler_gets_the_lines_through_logging(stream: CountingStream,
                                                         listener: str) -> None:
     logs.setup_logging(parse_config({}).log, stream)
-    capture = Capture()
+    capture = MessageCapture()
     logger = logging.getLogger() if listener == "root" else ACCESS_LOGGER
     logger.addHandler(capture)
     try:
@@ -172,7 +164,7 @@ async def test_a_handler_added_while_a_batch_waits_gets_the_lines_from_the_next_
     writer = logs.access_writer()
     assert writer is not None
     writer.write(access(1))                    # a batch opens: its checks hold until written
-    capture = Capture()
+    capture = MessageCapture()
     logging.getLogger().addHandler(capture)
     try:
         assert logs.access_writer() is writer

@@ -30,6 +30,7 @@ from tests.conftest import EU_TOKEN, US_TOKEN, RelayFactory
 from tests.support.fake_cdn import FakeCdn
 from tests.support.fakes import FakeUpstream
 from tests.support.helpers import FORM, browser_form, event
+from tests.support.logcapture import MessageCapture
 from tests.support.metrics import sample
 
 FIELDS = {"time", "method", "endpoint", "region", "status", "reason", "bytes_in", "bytes_out",
@@ -178,7 +179,7 @@ def test_remembered_client_ips_are_bounded_and_shown_by_policy() -> None:
     """A client chooses its X-Forwarded-For: the recorder's memory of the IPs it has shown
     stays bounded, and every line still shows its own client's network."""
     recorder = AccessRecorder(Metrics(CollectorRegistry()), True, ip_policy("truncated"))
-    capture = Capture()
+    capture = MessageCapture()
     ACCESS_LOGGER.addHandler(capture)
     level = ACCESS_LOGGER.level
     ACCESS_LOGGER.setLevel(logging.INFO)
@@ -196,12 +197,3 @@ def test_remembered_client_ips_are_bounded_and_shown_by_policy() -> None:
     shown = [json.loads(line)["client_ip"] for line in capture.lines]
     assert shown == [f"10.{n // 256 % 256}.{n % 256}.0" for n in range(count)]
     assert len(recorder._shown_ips) <= 4096
-
-
-class Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
