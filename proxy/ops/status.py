@@ -83,6 +83,7 @@ class StatusBoard:
 
     def _request_totals(self) -> dict[str, float]:
         totals: dict[str, float] = {}
+        self._metrics.tally.flush()     # read straight from the metric, not the registry
         requests = self._metrics.requests.collect()
         if multiproc.active():     # every worker's requests, not only this one's
             requests = [family for family in self._metrics.families()
