@@ -83,11 +83,10 @@ class StatusBoard:
 
     def _request_totals(self) -> dict[str, float]:
         totals: dict[str, float] = {}
-        self._metrics.tally.flush()     # read straight from the metric, not the registry
-        requests = self._metrics.requests.collect()
-        if multiproc.active():     # every worker's requests, not only this one's
-            requests = [family for family in self._metrics.families()
-                        if family.name == "mixpanel_proxy_requests"]
+        # Through `families`, as the page reads: every worker's requests (multiprocess mode),
+        # the tally's pending updates applied.
+        requests = [family for family in self._metrics.families()
+                    if family.name == "mixpanel_proxy_requests"]
         for metric in requests:
             for sample in metric.samples:
                 if sample.name.endswith("_total"):
